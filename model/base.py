@@ -1,0 +1,46 @@
+"""The one interface every emotion model serves through: workers and commands know nothing else."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from emostream.schemas.model_card import ModelCard
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one utterance."""
+
+    label: str
+    scores: dict[str, float]  # probability per label, in the card's label order
+    arousal: float | None = None
+    valence: float | None = None
+    transcript: str | None = None
+
+
+class EmotionModel(ABC):
+    """A loaded, ready-to-run emotion model described by its card."""
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card = card
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.card.labels)
+
+    @abstractmethod
+    def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int) -> list[Prediction]:
+        """Classify utterances: each a mono float32 array in [-1, 1] at `sample_rate_hz`.
+
+        Thread-safe for concurrent calls from an executor; runs on the CPU.
+        """

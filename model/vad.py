@@ -1,0 +1,175 @@
+"""Voice-activity end-pointing with webrtcvad: a streaming state machine over 16 kHz s16le audio.
+
+Used by the streaming VAD stage (one `Endpointer` per stream) and by the offline `analyze` command.
+States: QUIET -> (enough speech in the onset window) -> SPEAKING -> (hangover of non-speech) -> QUIET.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+import webrtcvad
+
+VAD_SAMPLE_RATE_HZ = 16_000
+BYTES_PER_SAMPLE = 2  # s16le
+ONSET_SPEECH_RATIO = 0.75  # share of voiced frames in the onset window that starts a segment
+
+
+@dataclass(frozen=True)
+class EndpointerParams:
+    """End-pointing parameters; every duration in milliseconds of audio (stream time)."""
+
+    aggressiveness: int = 2  # webrtcvad mode 0-3: higher rejects more non-speech
+    frame_ms: int = 30  # webrtcvad accepts 10, 20 or 30
+    onset_ms: int = 150  # a segment starts when ONSET_SPEECH_RATIO of this window is voiced
+    hangover_ms: int = 300  # a segment ends after this much non-speech
+    padding_ms: int = 150  # non-speech kept before the onset and after the last voiced frame
+    min_segment_ms: int = 300  # shorter segments are dropped
+    max_segment_ms: int = 10_000  # longer speech is cut into segments of at most this length
+
+    def __post_init__(self) -> None:
+        if self.frame_ms not in (10, 20, 30):
+            raise ValueError(f"frame_ms {self.frame_ms} not supported by webrtcvad; use 10, 20 or 30")
+        if not 0 <= self.aggressiveness <= 3:
+            raise ValueError(f"aggressiveness {self.aggressiveness} out of range; use 0, 1, 2 or 3")
+        if self.max_segment_ms < self.min_segment_ms:
+            raise ValueError(f"max_segment_ms {self.max_segment_ms} is below min_segment_ms {self.min_segment_ms}")
+
+    def frames(self, duration_ms: int) -> int:
+        """Whole frames covering `duration_ms` (at least 1 for a positive duration)."""
+        return max(1, -(-duration_ms // self.frame_ms)) if duration_ms > 0 else 0
+
+
+@dataclass(frozen=True)
+class SpeechSegment:
+    """An utterance found by the end-pointer: 16 kHz s16le samples and its place in stream time."""
+
+    start_sample: int  # stream time, samples at VAD_SAMPLE_RATE_HZ
+    pcm_s16le: bytes
+
+    @property
+    def end_sample(self) -> int:
+        return self.start_sample + len(self.pcm_s16le) // BYTES_PER_SAMPLE
+
+    @property
+    def start_ms(self) -> float:
+        return 1000.0 * self.start_sample / VAD_SAMPLE_RATE_HZ
+
+    @property
+    def end_ms(self) -> float:
+        return 1000.0 * self.end_sample / VAD_SAMPLE_RATE_HZ
+
+    @property
+    def duration_ms(self) -> float:
+        return self.end_ms - self.start_ms
+
+
+class _State(Enum):
+    QUIET = "quiet"
+    SPEAKING = "speaking"
+
+
+@dataclass
+class Endpointer:
+    """Feeds arbitrary-length 16 kHz s16le audio; returns segments as they close.
+
+    `push()` may be called with chunks of any size; partial frames are kept for the next call.
+    `flush()` closes an open segment (end of stream). `samples_seen` is the stream time reached.
+    """
+
+    params: EndpointerParams = field(default_factory=EndpointerParams)
+
+    def __post_init__(self) -> None:
+        self._vad = webrtcvad.Vad(self.params.aggressiveness)
+        self._frame_bytes = VAD_SAMPLE_RATE_HZ * self.params.frame_ms // 1000 * BYTES_PER_SAMPLE
+        self._onset_frames = self.params.frames(self.params.onset_ms) or 1
+        self._hangover_frames = self.params.frames(self.params.hangover_ms) or 1
+        self._padding_frames = self.params.frames(self.params.padding_ms)
+        self._max_frames = max(1, self.params.max_segment_ms // self.params.frame_ms)
+        self.reset_states()
+
+    def reset_states(self) -> None:
+        self._state = _State.QUIET
+        self._pending = b""
+        self._next_frame = 0  # index of the next whole frame
+        self._onset_voiced: deque[bool] = deque(maxlen=self._onset_frames)
+        self._preroll: deque[bytes] = deque(maxlen=self._onset_frames + self._padding_frames)
+        self._segment_frames: list[bytes] = []
+        self._segment_first_frame = 0
+        self._silence_run = 0
+
+    @property
+    def samples_seen(self) -> int:
+        return self._next_frame * self._frame_bytes // BYTES_PER_SAMPLE + len(self._pending) // BYTES_PER_SAMPLE
+
+    @property
+    def in_speech(self) -> bool:
+        return self._state is _State.SPEAKING
+
+    def push(self, pcm_s16le: bytes) -> list[SpeechSegment]:
+        if len(pcm_s16le) % BYTES_PER_SAMPLE:
+            raise ValueError(f"s16le audio must have an even number of bytes, got {len(pcm_s16le)}")
+        buffer = self._pending + pcm_s16le
+        whole = len(buffer) - len(buffer) % self._frame_bytes
+        closed: list[SpeechSegment] = []
+        for offset in range(0, whole, self._frame_bytes):
+            segment = self._on_frame(buffer[offset : offset + self._frame_bytes])
+            if segment is not None:
+                closed.append(segment)
+        self._pending = buffer[whole:]
+        return closed
+
+    def flush(self) -> list[SpeechSegment]:
+        """Close the open segment, if any (end of stream); the end-pointer is then QUIET."""
+        closed: list[SpeechSegment] = []
+        if self._state is _State.SPEAKING:
+            segment = self._close(trailing_silence_frames=self._silence_run)
+            if segment is not None:
+                closed.append(segment)
+        self._onset_voiced.clear()
+        self._preroll.clear()
+        return closed
+
+    def _on_frame(self, frame: bytes) -> SpeechSegment | None:
+        index = self._next_frame
+        self._next_frame += 1
+        is_speech = self._vad.is_speech(frame, VAD_SAMPLE_RATE_HZ)
+        if self._state is _State.QUIET:
+            self._onset_voiced.append(is_speech)
+            self._preroll.append(frame)
+            if sum(self._onset_voiced) >= ONSET_SPEECH_RATIO * self._onset_frames:
+                self._state = _State.SPEAKING
+                self._segment_frames = list(self._preroll)
+                self._segment_first_frame = index - len(self._preroll) + 1
+                self._silence_run = 0
+                self._onset_voiced.clear()
+                self._preroll.clear()
+            return None
+        self._segment_frames.append(frame)
+        self._silence_run = 0 if is_speech else self._silence_run + 1
+        if self._silence_run >= self._hangover_frames:
+            return self._close(trailing_silence_frames=self._silence_run)
+        if len(self._segment_frames) >= self._max_frames:
+            segment = self._emit(self._segment_frames)
+            self._segment_frames = []
+            self._segment_first_frame = index + 1
+            return segment
+        return None
+
+    def _close(self, trailing_silence_frames: int) -> SpeechSegment | None:
+        drop = max(0, trailing_silence_frames - self._padding_frames)
+        frames = self._segment_frames[: len(self._segment_frames) - drop] if drop else self._segment_frames
+        segment = self._emit(frames)
+        self._state = _State.QUIET
+        self._segment_frames = []
+        self._silence_run = 0
+        return segment
+
+    def _emit(self, frames: list[bytes]) -> SpeechSegment | None:
+        segment = SpeechSegment(
+            start_sample=self._segment_first_frame * self._frame_bytes // BYTES_PER_SAMPLE,
+            pcm_s16le=b"".join(frames),
+        )
+        if segment.duration_ms < self.params.min_segment_ms:
+            return None
+        return segment

@@ -1,0 +1,48 @@
+"""The model card: a checkpoint's JSON description, and the only source of its label set."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FeatureSettings(BaseModel):
+    """How audio becomes the model's input; must match training exactly."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str = Field("mfcc", description="mfcc or logmel")
+    sample_rate_hz: int = Field(22_050, description="audio is resampled to this rate before features")
+    n_coefficients: int = Field(39, description="MFCC coefficients (or mel bands)")
+    n_fft: int = 2_048
+    hop_length: int = Field(512, description="samples between frames at sample_rate_hz")
+    input_samples: int = Field(100_000, description="audio is zero-padded or cut to this many samples")
+    long_input: str = Field(
+        "windows",
+        description="longer audio: `windows` averages scores over input_samples windows; `trim` keeps the start",
+    )
+    window_hop_samples: int = Field(50_000, description="hop between windows for long_input=windows")
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str = Field(description="registry name, e.g. plb-ravdess8")
+    version: str = Field(description="bumped on every retrain; part of every result's idempotency key")
+    architecture: str = Field(description="plb, asr-multitask, ...")
+    labels: list[str] = Field(min_length=2, description="class order of the output layer")
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    architecture_options: dict[str, Any] = Field(default_factory=dict)
+    parameter_count: int = Field(description="trainable parameters")
+    parameter_count_with_bn_statistics: int | None = Field(
+        None, description="trainable + BatchNorm running statistics (Keras' convention, as the PLB thesis counts)"
+    )
+    weights_file: str = Field(description="safetensors file beside the card")
+    weights_sha256: str
+    training: dict[str, Any] = Field(default_factory=dict, description="data, protocol, recipe, seed, epochs")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="measured figures with the command that made them")
+    notes: list[str] = Field(default_factory=list)
+    created_at: str | None = None
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.features.sample_rate_hz

@@ -1,0 +1,90 @@
+"""All settings of emostream in one pydantic settings model, read from environment variables.
+
+Every variable starts with `EMOSTREAM_`; nested sections use `__`, e.g.
+`EMOSTREAM_KAFKA__BOOTSTRAP_SERVERS=broker:9092`, `EMOSTREAM_VAD__AGGRESSIVENESS=3`.
+Defaults are the local stack's (the embedded default); production changes them by environment only.
+"""
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="comma-separated host:port list")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    session_timeout_ms: int = Field(6_000, description="short: some brokers hold JoinGroup half of it")
+    heartbeat_interval_ms: int = 1_500
+
+
+class TopicSettings(BaseModel):
+    audio: str = "emostream.audio.v1"
+    segments: str = "emostream.segments.v1"
+    emotions: str = "emostream.emotions.v1"
+    alerts: str = "emostream.alerts.v1"
+    dead_letters: str = "emostream.dead-letters.v1"
+    partitions: int = Field(8, ge=1, description="partitions of every topic the stack creates")
+    replication_factor: int = Field(1, ge=1)
+
+
+class RedisSettings(BaseModel):
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS); may hold user:password")
+    password: SecretStr | None = Field(None, description="Redis AUTH password, if not in the url")
+    username: str | None = None
+    ssl_ca_certs: str | None = None
+    key_prefix: str = "emo:v1"
+    result_ttl_s: int = Field(86_400, ge=1, description="how long a segment result stays cached")
+    events_max_len: int = Field(1_000, ge=1, description="cap of each stream's replay event log (approximate)")
+    socket_timeout_s: float = 0.5
+
+
+class VadSettings(BaseModel):
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode: 0 least, 3 most aggressive")
+    frame_ms: Literal[10, 20, 30] = 30
+    onset_ms: int = Field(150, ge=0, description="speech this long within the onset window starts a segment")
+    hangover_ms: int = Field(300, ge=0, description="non-speech this long ends a segment")
+    padding_ms: int = Field(150, ge=0, description="audio kept before the onset (and inside the hangover)")
+    min_segment_ms: int = Field(300, ge=0, description="shorter segments are dropped")
+    max_segment_ms: int = Field(10_000, ge=1_000, description="longer speech is split at this length")
+    max_gap_ms: int = Field(1_000, ge=0, description="a sequence gap up to this long is filled with silence")
+    idle_stream_timeout_s: float = Field(60.0, gt=0, description="streams idle this long are flushed and forgotten")
+    max_reorder_chunks: int = Field(50, ge=1, description="out-of-order chunks held while waiting for a gap")
+
+
+class InferenceSettings(BaseModel):
+    model: str = Field("plb-ravdess8", description="name in the model registry (`emostream models`)")
+    batch_max: int = Field(16, ge=1, description="micro-batch size")
+    batch_within_s: float = Field(0.02, gt=0, description="how long to wait to fill a micro-batch")
+    torch_threads: int = Field(1, ge=1)
+
+
+class ObservabilitySettings(BaseModel):
+    metrics_port: int = Field(0, ge=0, description="Prometheus /metrics and /healthz port; 0 picks a free one")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    """The one settings model. `Settings()` reads the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EMOSTREAM_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    vad: VadSettings = Field(default_factory=VadSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    worker_id: str = Field("emostream", description="faust app id / consumer group prefix")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
