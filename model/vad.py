@@ -2,6 +2,14 @@
 
 Used by the streaming VAD stage (one `Endpointer` per stream) and by the offline `analyze` command.
 States: QUIET -> (enough speech in the onset window) -> SPEAKING -> (hangover of non-speech) -> QUIET.
+
+Boundaries (for crash recovery of the streaming stage): webrtcvad adapts its noise model frame by
+frame, so its decisions depend on all earlier audio. At a *boundary* the end-pointer starts a fresh
+webrtcvad and empties its windows, so its whole state is (stream position, speaking or not, segments
+emitted so far): `boundary` describes the latest one, and `restart_at(boundary)` rebuilds exactly
+that state. Feeding the audio after the boundary then reproduces exactly the segments of the first
+run. Boundaries are placed at every segment close, at every split of a long segment, at `flush()`,
+and after `quiet_boundary_ms` of audio in QUIET with no voiced frame in the onset window.
 """
 
 from collections import deque
@@ -26,6 +34,7 @@ class EndpointerParams:
     padding_ms: int = 150  # non-speech kept before the onset and after the last voiced frame
     min_segment_ms: int = 300  # shorter segments are dropped
     max_segment_ms: int = 10_000  # longer speech is cut into segments of at most this length
+    quiet_boundary_ms: int = 5_000  # in QUIET, a boundary after this much audio since the last one; 0: never
 
     def __post_init__(self) -> None:
         if self.frame_ms not in (10, 20, 30):
@@ -46,6 +55,7 @@ class SpeechSegment:
 
     start_sample: int  # stream time, samples at VAD_SAMPLE_RATE_HZ
     pcm_s16le: bytes
+    index: int = 0  # 0, 1, 2, ... segments emitted by this end-pointer (continues across restart_at)
 
     @property
     def end_sample(self) -> int:
@@ -64,6 +74,15 @@ class SpeechSegment:
         return self.end_ms - self.start_ms
 
 
+@dataclass(frozen=True)
+class Boundary:
+    """A point where the end-pointer's state is fully described by these fields (see module doc)."""
+
+    sample: int = 0  # stream time, samples at VAD_SAMPLE_RATE_HZ
+    speaking: bool = False  # inside a segment (a split of long speech) or not
+    segments_before: int = 0  # segments emitted before it: the index of the next segment
+
+
 class _State(Enum):
     QUIET = "quiet"
     SPEAKING = "speaking"
@@ -75,6 +94,7 @@ class Endpointer:
 
     `push()` may be called with chunks of any size; partial frames are kept for the next call.
     `flush()` closes an open segment (end of stream). `samples_seen` is the stream time reached.
+    `boundary` is the latest boundary; `restart_at(boundary)` resumes from one (crash recovery).
     """
 
     params: EndpointerParams = field(default_factory=EndpointerParams)
@@ -86,21 +106,40 @@ class Endpointer:
         self._hangover_frames = self.params.frames(self.params.hangover_ms) or 1
         self._padding_frames = self.params.frames(self.params.padding_ms)
         self._max_frames = max(1, self.params.max_segment_ms // self.params.frame_ms)
+        self._frame_samples = self._frame_bytes // BYTES_PER_SAMPLE
+        self._quiet_boundary_frames = self.params.frames(self.params.quiet_boundary_ms)
         self.reset_states()
 
     def reset_states(self) -> None:
-        self._state = _State.QUIET
+        self.restart_at(Boundary())
+
+    def restart_at(self, boundary: Boundary) -> None:
+        """Rebuild the state the end-pointer had at `boundary`; feed the audio from boundary.sample on."""
+        self._vad = webrtcvad.Vad(self.params.aggressiveness)
+        self._state = _State.SPEAKING if boundary.speaking else _State.QUIET
+        self._origin_sample = boundary.sample  # stream time of frame 0 of this run
+        self._emitted = boundary.segments_before
         self._pending = b""
-        self._next_frame = 0  # index of the next whole frame
+        self._next_frame = 0  # index of the next whole frame, counted from _origin_sample
         self._onset_voiced: deque[bool] = deque(maxlen=self._onset_frames)
         self._preroll: deque[bytes] = deque(maxlen=self._onset_frames + self._padding_frames)
         self._segment_frames: list[bytes] = []
         self._segment_first_frame = 0
         self._silence_run = 0
+        self._boundary = boundary
+        self._boundary_frame = 0
+
+    @property
+    def boundary(self) -> Boundary:
+        return self._boundary
+
+    @property
+    def segments_emitted(self) -> int:
+        return self._emitted
 
     @property
     def samples_seen(self) -> int:
-        return self._next_frame * self._frame_bytes // BYTES_PER_SAMPLE + len(self._pending) // BYTES_PER_SAMPLE
+        return self._origin_sample + self._next_frame * self._frame_samples + len(self._pending) // BYTES_PER_SAMPLE
 
     @property
     def in_speech(self) -> bool:
@@ -128,7 +167,18 @@ class Endpointer:
                 closed.append(segment)
         self._onset_voiced.clear()
         self._preroll.clear()
+        self._mark_boundary()
         return closed
+
+    def _mark_boundary(self) -> None:
+        """Fresh webrtcvad and empty windows from the next frame on: a point replay can restart from."""
+        self._vad = webrtcvad.Vad(self.params.aggressiveness)
+        self._boundary_frame = self._next_frame
+        self._boundary = Boundary(
+            sample=self._origin_sample + self._next_frame * self._frame_samples,
+            speaking=self._state is _State.SPEAKING,
+            segments_before=self._emitted,
+        )
 
     def _on_frame(self, frame: bytes) -> SpeechSegment | None:
         index = self._next_frame
@@ -144,15 +194,27 @@ class Endpointer:
                 self._silence_run = 0
                 self._onset_voiced.clear()
                 self._preroll.clear()
+            elif (
+                self._quiet_boundary_frames
+                and self._next_frame - self._boundary_frame >= self._quiet_boundary_frames
+                and not any(self._onset_voiced)
+            ):
+                self._onset_voiced.clear()
+                self._preroll.clear()
+                self._mark_boundary()
             return None
         self._segment_frames.append(frame)
         self._silence_run = 0 if is_speech else self._silence_run + 1
         if self._silence_run >= self._hangover_frames:
-            return self._close(trailing_silence_frames=self._silence_run)
+            segment = self._close(trailing_silence_frames=self._silence_run)
+            self._mark_boundary()
+            return segment
         if len(self._segment_frames) >= self._max_frames:
             segment = self._emit(self._segment_frames)
             self._segment_frames = []
             self._segment_first_frame = index + 1
+            self._silence_run = 0
+            self._mark_boundary()
             return segment
         return None
 
@@ -167,9 +229,11 @@ class Endpointer:
 
     def _emit(self, frames: list[bytes]) -> SpeechSegment | None:
         segment = SpeechSegment(
-            start_sample=self._segment_first_frame * self._frame_bytes // BYTES_PER_SAMPLE,
+            start_sample=self._origin_sample + self._segment_first_frame * self._frame_samples,
             pcm_s16le=b"".join(frames),
+            index=self._emitted,
         )
         if segment.duration_ms < self.params.min_segment_ms:
             return None
+        self._emitted += 1
         return segment

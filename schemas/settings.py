@@ -44,6 +44,11 @@ class RedisSettings(BaseModel):
     result_ttl_s: int = Field(86_400, ge=1, description="how long a segment result stays cached")
     events_max_len: int = Field(1_000, ge=1, description="cap of each stream's replay event log (approximate)")
     socket_timeout_s: float = 0.5
+    checkpoint_ttl_s: int = Field(7 * 86_400, ge=1, description="how long a stream's VAD checkpoint is kept")
+    outage_backlog_max: int = Field(
+        10_000, ge=0, description="results kept in memory while Redis is down, written when it returns"
+    )
+    retry_interval_s: float = Field(1.0, gt=0, description="how often a worker retries Redis after a failure")
 
 
 class VadSettings(BaseModel):
@@ -57,6 +62,9 @@ class VadSettings(BaseModel):
     max_gap_ms: int = Field(1_000, ge=0, description="a sequence gap up to this long is filled with silence")
     idle_stream_timeout_s: float = Field(60.0, gt=0, description="streams idle this long are flushed and forgotten")
     max_reorder_chunks: int = Field(50, ge=1, description="out-of-order chunks held while waiting for a gap")
+    quiet_boundary_ms: int = Field(
+        5_000, ge=0, description="in silence, a resume checkpoint after this much audio (bounds replay after a crash)"
+    )
 
 
 class InferenceSettings(BaseModel):
@@ -64,11 +72,28 @@ class InferenceSettings(BaseModel):
     batch_max: int = Field(16, ge=1, description="micro-batch size")
     batch_within_s: float = Field(0.02, gt=0, description="how long to wait to fill a micro-batch")
     torch_threads: int = Field(1, ge=1)
+    executor_threads: int = Field(1, ge=1, description="threads running features + model off the event loop")
 
 
 class ObservabilitySettings(BaseModel):
     metrics_port: int = Field(0, ge=0, description="Prometheus /metrics and /healthz port; 0 picks a free one")
+    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint listens on")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class PluginSettings(BaseModel):
+    """The plugin runner: which plugins (a JSON config, see `emostream.plugins.registry`) and how
+    each event is delivered to them (defaults; each plugin's config entry may override them)."""
+
+    config_path: str | None = Field(None, description="JSON file listing plugins and their options")
+    config_json: str | None = Field(None, description="the same JSON inline, e.g. from a Kubernetes secret")
+    timeout_s: float = Field(5.0, gt=0, description="one delivery attempt to one plugin longer than this fails")
+    max_attempts: int = Field(3, ge=1, description="attempts per plugin before the event is dead-lettered")
+    backoff_initial_s: float = Field(0.2, ge=0, description="wait before the 2nd attempt; doubles per attempt")
+    backoff_max_s: float = Field(5.0, ge=0, description="longest wait between attempts")
+    max_pending_events: int = Field(1_000, ge=1, description="events queued per plugin before the consumer waits")
+    max_concurrent_streams: int = Field(64, ge=1, description="streams one plugin handles at once (order kept per stream)")
+    delivered_ttl_s: int = Field(86_400, ge=1, description="how long Redis remembers a delivery (idempotency key)")
 
 
 class Settings(BaseSettings):
@@ -82,6 +107,7 @@ class Settings(BaseSettings):
     vad: VadSettings = Field(default_factory=VadSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
     worker_id: str = Field("emostream", description="faust app id / consumer group prefix")
 
 

@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "emostream.workers.commands.models",
     "emostream.workers.commands.evaluate",
     "emostream.workers.commands.train",
+    "emostream.workers.commands.worker",
 )
 
 

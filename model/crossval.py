@@ -1,0 +1,121 @@
+"""Cross-validation of the PLB recipe: the thesis's stratified 10-fold (speakers shared between
+folds) and speaker-independent folds (grouped by speaker). Folds run in parallel worker processes,
+each resumable; finished folds are kept as JSON and skipped on a re-run."""
+
+import json
+import multiprocessing
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import GroupKFold, StratifiedKFold
+
+from emostream.model.feature_table import FeatureTable
+from emostream.model.metrics import benefit_cost_ratio, fold_summary, score
+from emostream.model.plb import PLBConfig, PLBNet, count_parameters, count_parameters_with_bn_statistics
+from emostream.model.training import TrainingRecipe, pick_device, predict_logits, train_plb
+
+PROTOCOLS = ("stratified", "speaker")
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    table_path: str
+    fold: int
+    train_indices: list[int]
+    test_indices: list[int]
+    recipe: TrainingRecipe
+    out_dir: str
+    device: str
+    progress: bool
+
+
+def make_folds(table: FeatureTable, protocol: str, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    indices = np.arange(len(table.label_ids))
+    if protocol == "stratified":
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return list(splitter.split(indices, table.label_ids))
+    if protocol == "speaker":
+        speakers = np.array(table.speakers)
+        if len(set(table.speakers)) < folds or "" in set(table.speakers):
+            raise ValueError(f"speaker-independent folds need >= {folds} known speakers, "
+                             f"found {len(set(table.speakers) - {''})}")
+        return list(GroupKFold(n_splits=folds).split(indices, table.label_ids, groups=speakers))
+    raise ValueError(f"protocol {protocol!r} unknown; use one of {', '.join(PROTOCOLS)}")
+
+
+def run_fold(job: FoldJob) -> dict[str, object]:
+    out_dir = Path(job.out_dir)
+    result_path = out_dir / f"fold-{job.fold:02d}.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    import torch
+
+    torch.set_num_threads(1)
+    table = FeatureTable.load(Path(job.table_path))
+    device = pick_device(job.device)
+    train, test = np.array(job.train_indices), np.array(job.test_indices)
+    config = PLBConfig(num_classes=len(table.labels))
+    started = time.time()
+    model, history = train_plb(
+        table.features[train], table.label_ids[train], config, job.recipe, device,
+        state_path=out_dir / f"fold-{job.fold:02d}.state.pt", progress=job.progress, description=f"fold {job.fold}",
+    )
+    predicted = predict_logits(model, table.features[test], device).argmax(axis=1)
+    result = {
+        "fold": job.fold,
+        "train_clips": len(train),
+        "test_clips": len(test),
+        "test_speakers": sorted({table.speakers[i] for i in test}),
+        "train_seconds": round(time.time() - started, 1),
+        "final_train_loss": history[-1]["loss"] if history else None,
+        **score(table.label_ids[test].tolist(), predicted.tolist(), table.labels),
+    }
+    result_path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: str, recipe: TrainingRecipe
+              ) -> dict[str, object]:
+    model = PLBNet(PLBConfig(num_classes=len(table.labels)))
+    wars = [100 * float(r["war"]) for r in sorted(results, key=lambda r: r["fold"])]  # type: ignore[arg-type]
+    confusion = np.sum([np.asarray(r["confusion_matrix"]) for r in results], axis=0)
+    summary = fold_summary(wars)
+    return {
+        "protocol": protocol,
+        "folds": len(results),
+        "clips": len(table.label_ids),
+        "labels": table.labels,
+        "recipe": recipe.to_dict(),
+        "war_percent_per_fold": [round(w, 2) for w in wars],
+        "war_percent": {k: round(v, 2) for k, v in summary.items()},
+        "uar_percent_avg": round(100 * float(np.mean([r["uar"] for r in results])), 2),
+        "macro_f1_avg": round(float(np.mean([r["macro_f1"] for r in results])), 4),
+        "confusion_matrix_pooled": confusion.tolist(),
+        "parameters": count_parameters(model),
+        "parameters_with_bn_statistics": count_parameters_with_bn_statistics(model),
+        "benefit_cost_ratio_x1e4": round(1e4 * benefit_cost_ratio(summary["avg"], count_parameters_with_bn_statistics(model)), 4),
+    }
+
+
+def run_crossval(
+    table_path: Path, out_dir: Path, protocol: str, folds: int, recipe: TrainingRecipe, device: str = "auto",
+    workers: int = 1, only_folds: list[int] | None = None, progress: bool = True,
+) -> dict[str, object]:
+    table = FeatureTable.load(table_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        FoldJob(str(table_path), fold, train.tolist(), test.tolist(), recipe, str(out_dir), device,
+                progress and workers == 1)
+        for fold, (train, test) in enumerate(make_folds(table, protocol, folds, recipe.seed))
+        if only_folds is None or fold in only_folds
+    ]
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(run_fold, jobs, chunksize=1)
+    else:
+        results = [run_fold(job) for job in jobs]
+    summary = summarise(results, table, protocol, recipe)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,97 @@
+"""Audio -> model input, exactly as the PLB thesis: librosa MFCC, 39 coefficients, 100,000 samples.
+
+Table 3 of the thesis (34 of RAVDESS's 1,440 clips longer than 100,000 samples) shows audio was loaded
+at librosa's default 22,050 Hz, so 100,000 samples = 4.535 s and, with n_fft 2048 / hop 512 and
+centred frames, 1 + 100000 // 512 = 196 frames: the input is 196 frames x 39 coefficients.
+"""
+
+from collections.abc import Sequence
+
+import librosa
+import numpy as np
+
+from emostream.schemas.model_card import FeatureSettings
+
+FEATURE_SAMPLE_RATE_HZ = 22_050  # librosa's default load rate, the thesis's
+N_MFCC = 39
+N_FFT = 2_048  # 92.9 ms at 22,050 Hz
+HOP_LENGTH = 512  # 23.2 ms at 22,050 Hz
+INPUT_SAMPLES = 100_000  # 4.535 s at 22,050 Hz
+INPUT_FRAMES = 1 + INPUT_SAMPLES // HOP_LENGTH  # 196
+
+
+def resample(audio: np.ndarray, from_rate_hz: int, to_rate_hz: int) -> np.ndarray:
+    """Band-limited resampling (soxr via librosa) of mono float32 audio."""
+    if from_rate_hz == to_rate_hz:
+        return audio.astype(np.float32, copy=False)
+    return librosa.resample(audio, orig_sr=from_rate_hz, target_sr=to_rate_hz, res_type="soxr_hq").astype(
+        np.float32
+    )
+
+
+def fit_length(audio: np.ndarray, length_samples: int) -> np.ndarray:
+    """Zero-pad at the end or cut the end, to exactly `length_samples` (the thesis's pad/trim)."""
+    if len(audio) >= length_samples:
+        return audio[:length_samples]
+    return np.pad(audio, (0, length_samples - len(audio)))
+
+
+def window_starts(length_samples: int, settings: FeatureSettings) -> list[int]:
+    """Start samples of the input windows covering audio of `length_samples` (one if it fits)."""
+    if settings.long_input == "trim" or length_samples <= settings.input_samples:
+        return [0]
+    last_start = length_samples - settings.input_samples
+    starts = list(range(0, last_start + 1, settings.window_hop_samples))
+    if starts[-1] != last_start:
+        starts.append(last_start)
+    return starts
+
+
+def mfcc_frames(audio: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    """MFCC of exactly `input_samples` of audio at the feature rate: float32 (frames, coefficients)."""
+    fitted = fit_length(audio, settings.input_samples)
+    if settings.kind == "mfcc":
+        feature = librosa.feature.mfcc(
+            y=fitted,
+            sr=settings.sample_rate_hz,
+            n_mfcc=settings.n_coefficients,
+            n_fft=settings.n_fft,
+            hop_length=settings.hop_length,
+        )
+    elif settings.kind == "logmel":
+        mel = librosa.feature.melspectrogram(
+            y=fitted,
+            sr=settings.sample_rate_hz,
+            n_mels=settings.n_coefficients,
+            n_fft=settings.n_fft,
+            hop_length=settings.hop_length,
+        )
+        feature = librosa.power_to_db(mel)
+    else:
+        raise ValueError(f"feature kind {settings.kind!r} not supported; use mfcc or logmel")
+    return feature.T.astype(np.float32)
+
+
+def utterance_windows(
+    audio: np.ndarray, sample_rate_hz: int, settings: FeatureSettings
+) -> np.ndarray:
+    """All input windows of one utterance: float32 (windows, frames, coefficients).
+
+    Audio up to `input_samples` long gives one zero-padded window (as in training); longer audio gives
+    overlapping windows whose scores the model averages (`long_input="windows"`), or the first one.
+    """
+    at_feature_rate = resample(audio, sample_rate_hz, settings.sample_rate_hz)
+    return np.stack(
+        [
+            mfcc_frames(at_feature_rate[start : start + settings.input_samples], settings)
+            for start in window_starts(len(at_feature_rate), settings)
+        ]
+    )
+
+
+def batch_windows(
+    waveforms: Sequence[np.ndarray], sample_rate_hz: int, settings: FeatureSettings
+) -> tuple[np.ndarray, list[int]]:
+    """Windows of several utterances stacked, and how many windows each utterance has."""
+    per_utterance = [utterance_windows(audio, sample_rate_hz, settings) for audio in waveforms]
+    return np.concatenate(per_utterance), [len(windows) for windows in per_utterance]

@@ -1,0 +1,241 @@
+"""The Pattern Learning Block network (TPMNet) of the PLB thesis (seed 000, section 3, Table 1).
+
+Tensors are (batch, channels, frames, coefficients): the MFCC "image" has time on the height axis,
+as the thesis's Keras model had it on axis 1 of (batch, 196, 39, 1). Shapes below are for the
+thesis's 196 x 39 input; see model/PLB.md for every choice where the thesis is ambiguous.
+
+    forward MFCC (B,1,196,39) ----> CNN block ---> CBAM* -\
+                                                          cross-attention (Q forward, K/V reversed)
+    reversed MFCC (B,1,196,39) ---> CNN block ---> CBAM* -/        -> (B,64,97,18)
+    -> DCNN (dilation 2) -> (B,64,46,7) -> CBAM* -> DWSCNN -> (B,384,22,2) -> spatial attention 2
+    -> capsules (B,264,64) -> self-attention + LayerNorm -> dynamic routing (B,6,64) -> GAP (B,64)
+    -> dense (B,classes)                                      (* one CBAM, weights shared)
+"""
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PLBConfig:
+    """Hyper-parameters of Table 1; the defaults reproduce its parameter counts."""
+
+    num_classes: int = 7
+    input_frames: int = 196  # MFCC frames: 100,000 samples at 22,050 Hz, hop 512
+    input_coefficients: int = 39  # MFCC coefficients
+    channels: int = 64  # filters of every Conv2D
+    kernel_size: int = 3
+    dilation: int = 2  # DCNN rate
+    dropout: float = 0.2  # SpatialDropout2D rate
+    cbam_hidden: int = 32  # channel-attention MLP width (4,192 + 102 = Table 1's 4,294)
+    spatial_kernel_size: int = 7  # f^{7x7} of equation 3
+    capsule_dim: int = 64  # (L, 64) capsules
+    output_capsules: int = 6  # routing weight 64 x (6 x 64) = Table 1's 24,576
+    routing_iterations: int = 3  # R of algorithm 1
+    pool_before_capsules: bool = True  # 2x2 average pool after DWSCNN: L = 264 instead of 1,320
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def valid_length(length: int, kernel_size: int, dilation: int = 1) -> int:
+    """Output length of an unpadded ('valid') convolution."""
+    return length - dilation * (kernel_size - 1)
+
+
+class TimeBatchNorm(nn.Module):
+    """Batch normalisation over the frame axis: Keras `BatchNormalization(axis=1)` on (B, T, F, C).
+
+    The thesis normalises axis 1 of its channels-last tensors, which is time; Table 1's counts
+    (776 = 4 x 194, 372 = 4 x 93) confirm one statistic per frame. x: (B, C, T, F) -> same shape.
+    """
+
+    def __init__(self, num_frames: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_frames, eps=1e-3, momentum=0.01)  # Keras defaults
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        # Inference: the same affine map per frame, broadcast in place of two layout copies.
+        norm = self.norm
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        return torch.addcmul(shift[None, None, :, None], x, scale[None, None, :, None])
+
+
+class ConvBlock(nn.Module):
+    """Conv2D -> BatchNorm(time) -> ELU -> AveragePooling 2x2 -> SpatialDropout2D (Table 1's CNN / DCNN)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, frames_in: int, dilation: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, dilation=dilation)
+        self.norm = TimeBatchNorm(valid_length(frames_in, kernel_size, dilation))
+        self.pool = nn.AvgPool2d(2)
+        self.drop = nn.Dropout2d(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.pool(F.elu(self.norm(self.conv(x)))))
+
+
+class ChannelAttention(nn.Module):
+    """Equation 2: M_c(F) = sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F))), one MLP for both. x: (B,C,T,F)."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3))))
+        return x * weights[:, :, None, None]
+
+
+class SpatialAttention(nn.Module):
+    """Equation 3: M_s(F) = sigmoid(f7x7([AvgPool_c(F); MaxPool_c(F)])), conv without bias + BN(1)."""
+
+    def __init__(self, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = nn.BatchNorm2d(1, eps=1e-3, momentum=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.norm(self.conv(pooled)))
+
+
+class CBAM(nn.Module):
+    """Channel then spatial attention (Woo et al. 2018); one instance is shared across the network."""
+
+    def __init__(self, channels: int, hidden: int, spatial_kernel_size: int) -> None:
+        super().__init__()
+        self.channel = ChannelAttention(channels, hidden)
+        self.spatial = SpatialAttention(spatial_kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spatial(self.channel(x))
+
+
+def cross_attention(query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Parameter-free scaled dot-product attention across time (equation 1), with a residual.
+
+    Each frame of `query` (B,C,T,F) attends over the frames of `context` (same shape); a frame is the
+    C x F vector at one time step. Returns query + attended context, (B,C,T,F).
+    """
+    batch, channels, frames, coefficients = query.shape
+    q = query.permute(0, 2, 1, 3).reshape(batch, frames, channels * coefficients)
+    kv = context.permute(0, 2, 1, 3).reshape(batch, frames, channels * coefficients)
+    attended = F.scaled_dot_product_attention(q, kv, kv)
+    return query + attended.reshape(batch, frames, channels, coefficients).permute(0, 2, 1, 3)
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """Depthwise 3x3 (bias) then pointwise 1x1 to capsule_dim x output_capsules channels: 640 + 24,960."""
+
+    def __init__(self, channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, kernel_size, groups=channels)
+        self.pointwise = nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(self.pointwise(self.depthwise(x)))
+
+
+class CapsuleSelfAttention(nn.Module):
+    """Scaled dot-product self-attention over capsules with a learnt scale (1 parameter), then LayerNorm.
+
+    x: (B, L, D) -> (B, L, D). The scale starts at 1/sqrt(D) as in equation 1.
+    """
+
+    def __init__(self, capsule_dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0 / math.sqrt(capsule_dim)))
+        self.norm = nn.LayerNorm(capsule_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.scale * (x @ x.transpose(1, 2)), dim=-1)
+        return self.norm(x + weights @ x)
+
+
+def squash(vectors: torch.Tensor, dim: int = -1, eps: float = 1e-7) -> torch.Tensor:
+    """CapsNet's non-linearity: keeps direction, maps length to [0, 1)."""
+    squared_norm = (vectors**2).sum(dim=dim, keepdim=True)
+    return vectors * squared_norm / (1.0 + squared_norm) / torch.sqrt(squared_norm + eps)
+
+
+class DynamicRouting(nn.Module):
+    """Algorithm 1: u_hat = u W; b = 0; R times: c = softmax(b); v = squash(sum c u_hat); b += u_hat . v.
+
+    One weight matrix W (D x J*D) shared by all input capsules (24,576 parameters for D=64, J=6).
+    u: (B, L, D) input capsules -> v: (B, J, D) output capsules.
+    """
+
+    def __init__(self, capsule_dim: int, output_capsules: int, iterations: int) -> None:
+        super().__init__()
+        self.output_capsules = output_capsules
+        self.iterations = iterations
+        self.weight = nn.Parameter(torch.empty(capsule_dim, output_capsules * capsule_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        batch, num_inputs, dim = u.shape
+        u_hat = (u @ self.weight).reshape(batch, num_inputs, self.output_capsules, dim).transpose(1, 2)
+        logits = u.new_zeros(batch, self.output_capsules, num_inputs)
+        for iteration in range(self.iterations):
+            coupling = torch.softmax(logits, dim=1)  # each input capsule shares itself among outputs
+            v = squash((coupling.unsqueeze(-1) * u_hat).sum(dim=2))
+            if iteration < self.iterations - 1:
+                logits = logits + (u_hat * v.unsqueeze(2)).sum(dim=-1)
+        return v
+
+
+class PLBNet(nn.Module):
+    """TPMNet: two-direction pattern learning, attention, capsules. Input (B, 1, frames, coefficients)."""
+
+    def __init__(self, config: PLBConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.forward_block = ConvBlock(1, c.channels, c.kernel_size, c.input_frames, 1, c.dropout)
+        self.reverse_block = ConvBlock(1, c.channels, c.kernel_size, c.input_frames, 1, c.dropout)
+        self.cbam = CBAM(c.channels, c.cbam_hidden, c.spatial_kernel_size)
+        branch_frames = valid_length(c.input_frames, c.kernel_size) // 2
+        self.dilated_block = ConvBlock(c.channels, c.channels, c.kernel_size, branch_frames, c.dilation, c.dropout)
+        self.separable = DepthwiseSeparableConv(c.channels, c.capsule_dim * c.output_capsules, c.kernel_size)
+        self.capsule_pool = nn.AvgPool2d(2) if c.pool_before_capsules else nn.Identity()
+        self.spatial_attention = SpatialAttention(c.spatial_kernel_size)
+        self.self_attention = CapsuleSelfAttention(c.capsule_dim)
+        self.routing = DynamicRouting(c.capsule_dim, c.output_capsules, c.routing_iterations)
+        self.classifier = nn.Linear(c.capsule_dim, c.num_classes)
+
+    def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """mfcc: (B, 1, frames, coefficients) float32 -> logits (B, num_classes)."""
+        forward_patterns = self.cbam(self.forward_block(mfcc))
+        reverse_patterns = self.cbam(self.reverse_block(torch.flip(mfcc, dims=[2])))
+        fused = cross_attention(forward_patterns, reverse_patterns)
+        x = self.cbam(self.dilated_block(fused))
+        x = self.spatial_attention(self.capsule_pool(self.separable(x)))
+        batch = x.shape[0]
+        capsules = x.permute(0, 2, 3, 1).reshape(batch, -1, self.config.capsule_dim)
+        capsules = self.self_attention(capsules)
+        routed = self.routing(capsules)
+        return self.classifier(routed.mean(dim=1))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_parameters_with_bn_statistics(model: nn.Module) -> int:
+    """Trainable parameters + BatchNorm running mean/variance: how Keras (and Table 1) counts."""
+    statistics = sum(
+        buffer.numel()
+        for name, buffer in model.named_buffers()
+        if name.endswith("running_mean") or name.endswith("running_var")
+    )
+    return count_parameters(model) + statistics

@@ -1,0 +1,35 @@
+"""The PLB network served through the EmotionModel interface."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emostream.model.base import EmotionModel, Prediction
+from emostream.model.checkpoint import load_plb
+from emostream.model.features import batch_windows
+
+
+class PLBEmotionModel(EmotionModel):
+    """Any utterance length: audio up to 4.535 s is zero-padded to one input window (as in training);
+    longer audio is cut into overlapping windows whose class probabilities are averaged."""
+
+    def __init__(self, folder: Path) -> None:
+        self.network, card = load_plb(folder)
+        super().__init__(card)
+
+    def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int) -> list[Prediction]:
+        if not waveforms:
+            return []
+        windows, counts = batch_windows(waveforms, sample_rate_hz, self.card.features)
+        with torch.inference_mode():
+            probabilities = torch.softmax(self.network(torch.from_numpy(windows).unsqueeze(1)), dim=1).numpy()
+        predictions = []
+        start = 0
+        for count in counts:
+            mean = probabilities[start : start + count].mean(axis=0)
+            start += count
+            scores = {label: float(p) for label, p in zip(self.labels, mean, strict=True)}
+            predictions.append(Prediction(label=self.labels[int(mean.argmax())], scores=scores))
+        return predictions

@@ -1,0 +1,56 @@
+"""Train a model on a whole corpus and write it as a checkpoint folder with its card."""
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+from emostream.model.checkpoint import save_checkpoint
+from emostream.model.feature_table import FeatureTable
+from emostream.model.plb import PLBConfig, count_parameters, count_parameters_with_bn_statistics
+from emostream.model.training import TrainingRecipe, pick_device, train_plb
+from emostream.schemas.model_card import FeatureSettings, ModelCard
+
+
+def train_release(
+    table: FeatureTable,
+    name: str,
+    version: str,
+    recipe: TrainingRecipe,
+    out_folder: Path,
+    features: FeatureSettings,
+    data_description: str,
+    device: str = "auto",
+    metrics: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> ModelCard:
+    config = PLBConfig(num_classes=len(table.labels))
+    out_folder.mkdir(parents=True, exist_ok=True)
+    model, history = train_plb(table.features, table.label_ids, config, recipe, pick_device(device),
+                               state_path=out_folder / "training-state.pt", progress=progress, description=name)
+    card = ModelCard(
+        name=name,
+        version=version,
+        architecture="plb",
+        labels=table.labels,
+        features=features,
+        architecture_options=config.to_dict(),
+        parameter_count=count_parameters(model),
+        parameter_count_with_bn_statistics=count_parameters_with_bn_statistics(model),
+        weights_file="",
+        weights_sha256="",
+        training={
+            "data": data_description,
+            "clips": len(table.label_ids),
+            "speakers": sorted(set(table.speakers)),
+            "class_counts": {label: int((table.label_ids == i).sum()) for i, label in enumerate(table.labels)},
+            "recipe": recipe.to_dict(),
+            "final_train_loss": history[-1]["loss"] if history else None,
+            "final_train_accuracy": history[-1]["train_accuracy"] if history else None,
+        },
+        metrics=metrics or {},
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    model.cpu()
+    saved = save_checkpoint(model, card, out_folder)
+    (out_folder / "training-state.pt").unlink(missing_ok=True)
+    return saved

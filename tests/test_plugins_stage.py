@@ -1,0 +1,248 @@
+"""The plugin-runner stage against the real broker and Redis (conftest fixtures): isolation (a slow
+and a failing plugin never hold up a healthy one), per-stream ordering, dead letters naming the
+plugin's error, and at-least-once delivery across a crash with the idempotency key."""
+
+import asyncio
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from kafka import KafkaProducer
+
+from emostream.plugins.testing import make_event
+from emostream.plugins.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_webhook
+from emostream.schemas.dead_letter import DeadLetter
+from emostream.schemas.event import EmotionEvent
+from emostream.schemas.settings import Settings
+from emostream.workers.kafka_config import kafka_python_options
+from emostream.workers.settings_env import ENV_PREFIX, settings_to_env
+
+SECRET = "stage-test-secret-0123456789"
+STREAMS = ("call-1:customer", "call-1:agent", "call-2:customer")
+SEGMENTS_PER_STREAM = 8
+WORKER_COMMAND_EXISTS = importlib.util.find_spec("emostream.workers.commands.worker") is not None
+
+
+@dataclass
+class Hooks:
+    """Webhook endpoints: /fast answers at once, /slow hangs, /failing answers 500, /gated 503 until opened."""
+
+    base_url: str = ""
+    received: dict[str, list[EmotionEvent]] = field(default_factory=lambda: defaultdict(list))
+    first_at_s: dict[str, float] = field(default_factory=dict)
+    last_at_s: dict[str, float] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    gate_open: bool = False
+    bad_signatures: int = 0
+
+    def delivered(self, path: str) -> list[EmotionEvent]:
+        return self.received[path]
+
+    def keys(self, path: str) -> set[str]:
+        return {event.idempotency_key for event in self.received[path]}
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[Hooks]:
+    state = Hooks()
+
+    async def handle(request: web.Request) -> web.Response:
+        path = request.match_info["name"]
+        body = await request.read()
+        state.attempts[path] += 1
+        try:
+            verify_webhook(
+                SECRET,
+                body=body,
+                timestamp_header=request.headers.get(TIMESTAMP_HEADER),
+                signature_header=request.headers.get(SIGNATURE_HEADER),
+            )
+        except ValueError:
+            state.bad_signatures += 1
+            return web.Response(status=401)
+        if path == "slow":
+            await asyncio.sleep(5.0)
+        elif path == "failing":
+            return web.Response(status=500, text="database is down")
+        elif path == "gated" and not state.gate_open:
+            return web.Response(status=503, text="not yet")
+        event = EmotionEvent.model_validate(json.loads(body)["event"])
+        assert request.headers[IDEMPOTENCY_HEADER] == event.idempotency_key
+        now = time.monotonic()
+        state.first_at_s.setdefault(path, now)
+        state.last_at_s[path] = now
+        state.received[path].append(event)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/{name}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    yield state
+    await runner.cleanup()
+
+
+def _webhook(hooks: Hooks, name: str, **policy) -> dict:
+    return {"type": "webhook", "name": name, "options": {"url": f"{hooks.base_url}/{name}", "secret": SECRET}, **policy}
+
+
+def _produce(settings: Settings, events: list[EmotionEvent]) -> None:
+    producer = KafkaProducer(**kafka_python_options(settings.kafka, client_id="plugin-stage-test"), acks="all")
+    for event in events:
+        producer.send(settings.topics.emotions, key=event.stream_id.encode(), value=event.model_dump_json().encode())
+    producer.send(settings.topics.emotions, key=b"call-3:customer", value=b'{"not": "an event"}')
+    producer.flush()
+    producer.close()
+
+
+def _events() -> list[EmotionEvent]:
+    labels = ("neutral", "angry", "sad", "calm")
+    return [
+        make_event(stream, index, labels[index % len(labels)])
+        for index in range(SEGMENTS_PER_STREAM)
+        for stream in STREAMS
+    ]
+
+
+class StageWorker:
+    """`emostream worker plugins` when that command exists, else `python -m emostream.workers.plugin_stage`."""
+
+    def __init__(self, settings: Settings, config: list[dict], tmp_path: Path, spawn_worker: Callable) -> None:
+        self.env = {"EMOSTREAM_PLUGINS__CONFIG_JSON": json.dumps(config)}
+        self.settings, self.tmp_path, self.spawn_worker = settings, tmp_path, spawn_worker
+        self.process: subprocess.Popen | None = None
+        self.worker = None
+        self.log_path = tmp_path / "plugin-stage.log"
+
+    def start(self) -> None:
+        if WORKER_COMMAND_EXISTS:
+            self.worker = self.spawn_worker("plugins", self.settings, env=self.env, wait_healthy=False)
+            return
+        environment = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
+        environment.update(settings_to_env(self.settings))
+        environment.update(self.env)
+        environment["PYTHONUNBUFFERED"] = "1"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "emostream.workers.plugin_stage", "worker", "--without-web"],
+            env=environment,
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        if self.worker is not None:
+            self.worker.kill()
+        elif self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop(grace_s=5.0)
+        elif self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self) -> str:
+        if self.worker is not None:
+            return self.worker.log_tail(3_000)
+        return self.log_path.read_text(errors="replace")[-3_000:] if self.log_path.exists() else ""
+
+
+async def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str, worker: StageWorker) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; worker log:\n{worker.log_tail()}")
+
+
+async def test_isolation_ordering_and_dead_letters(
+    hooks: Hooks, stack_settings: Settings, read_topic, spawn_worker, tmp_path: Path
+) -> None:
+    config = [
+        _webhook(hooks, "fast"),
+        _webhook(hooks, "slow", timeout_s=0.4, max_attempts=1),
+        _webhook(hooks, "failing", max_attempts=2, backoff_initial_s=0.05),
+    ]
+    events = _events()
+    await asyncio.to_thread(_produce, stack_settings, events)
+    worker = StageWorker(stack_settings, config, tmp_path, spawn_worker)
+    worker.start()
+    try:
+        await _wait_for(lambda: len(hooks.delivered("fast")) == len(events), 60, "all events at /fast", worker)
+        # Isolation: /fast got everything while /slow (0.4 s per event, 8 per stream) was far from done.
+        fast_span_s = hooks.last_at_s["fast"] - hooks.first_at_s["fast"]
+        assert fast_span_s < 1.5, f"fast plugin took {fast_span_s:.2f} s: held up by the slow one?"
+        # Ordering: per stream, in segment order, each segment once.
+        for stream in STREAMS:
+            indexes = [event.segment_index for event in hooks.delivered("fast") if event.stream_id == stream]
+            assert indexes == list(range(SEGMENTS_PER_STREAM)), stream
+
+        expected_dead = 2 * len(events) + 1  # slow + failing for each event, plus the invalid record
+        records = await asyncio.to_thread(
+            read_topic, stack_settings, stack_settings.topics.dead_letters, min_records=expected_dead, timeout_s=30
+        )
+        letters = [DeadLetter.model_validate_json(record.value) for record in records]
+        by_stage = defaultdict(list)
+        for letter in letters:
+            by_stage[letter.stage].append(letter)
+        assert len(by_stage["plugin:failing"]) == len(events)
+        assert len(by_stage["plugin:slow"]) == len(events)
+        assert "HTTP 500" in by_stage["plugin:failing"][0].reason and "after 2 attempt(s)" in by_stage["plugin:failing"][0].reason
+        assert "timed out" in by_stage["plugin:slow"][0].reason and "plugin 'slow'" in by_stage["plugin:slow"][0].reason
+        assert hooks.attempts["failing"] == 2 * len(events)  # retried once each, no more
+        [invalid] = by_stage["plugins"]
+        assert invalid.key == "call-3:customer" and "not an EmotionEvent" in invalid.reason
+        replayed = EmotionEvent.model_validate_json(
+            __import__("base64").b64decode(by_stage["plugin:failing"][0].value_b64)
+        )
+        assert replayed.idempotency_key in {event.idempotency_key for event in events}
+        assert hooks.bad_signatures == 0
+    finally:
+        worker.stop()
+
+
+async def test_at_least_once_across_a_crash_with_idempotency(
+    hooks: Hooks, stack_settings: Settings, spawn_worker, tmp_path: Path
+) -> None:
+    """Offsets are committed only when every plugin is done: a crash while /gated still refuses
+    replays those events; the Redis ledger keeps /fast from getting them twice."""
+    config = [_webhook(hooks, "fast"), _webhook(hooks, "gated", max_attempts=1000, backoff_initial_s=0.05, backoff_max_s=0.1)]
+    events = _events()
+    await asyncio.to_thread(_produce, stack_settings, events)
+    worker = StageWorker(stack_settings, config, tmp_path, spawn_worker)
+    worker.start()
+    try:
+        await _wait_for(lambda: len(hooks.delivered("fast")) == len(events), 60, "all events at /fast", worker)
+        await _wait_for(lambda: hooks.attempts["gated"] >= 6, 10, "retries at /gated", worker)
+        worker.kill()  # crash: nothing acknowledged (gated never accepted), nothing committed
+        hooks.gate_open = True
+        worker.start()
+        await _wait_for(lambda: hooks.keys("gated") == {e.idempotency_key for e in events}, 60, "all events at /gated", worker)
+        await asyncio.sleep(1.0)  # let any duplicate arrive
+        assert len(hooks.delivered("fast")) == len(events), "fast got duplicates despite the ledger"
+        assert len(hooks.delivered("gated")) == len(events)
+        for stream in STREAMS:
+            indexes = [event.segment_index for event in hooks.delivered("gated") if event.stream_id == stream]
+            assert indexes == list(range(SEGMENTS_PER_STREAM)), stream
+    finally:
+        worker.stop()

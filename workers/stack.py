@@ -1,0 +1,278 @@
+"""The local stack: broker + Redis + N worker processes per stage, started and stopped in order.
+
+Workers run as `python -m emostream.workers.cli worker <stage>` subprocesses configured only by
+`EMOSTREAM_*` environment variables (see `settings_env`), exactly as they run in a container, so
+`emostream up`, the test suite and Kubernetes start the same code the same way. Each worker gets a
+free port for its health / metrics endpoint (`EMOSTREAM_OBSERVABILITY__METRICS_PORT`) and is ready
+when `GET /healthz` answers 200.
+
+Order: start broker and Redis, create topics, start workers; stop workers first (SIGTERM, then
+SIGKILL after a grace period), then Redis, then the broker.
+"""
+
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from emostream.schemas.settings import Settings
+from emostream.workers.services import (
+    LOOPBACK_HOST,
+    die_with_parent_preexec,
+    RedisServer,
+    ServiceError,
+    TansuBroker,
+    find_free_port,
+)
+from emostream.workers.settings_env import child_environment
+from emostream.workers.topics import ensure_topics, stack_topics
+
+__all__ = [
+    "STAGES",
+    "LocalStack",
+    "StackCounts",
+    "WorkerProcess",
+    "worker_command",
+]
+
+# Stage names of `emostream worker <stage>` (workers/commands/worker.py).
+STAGE_VAD = "vad"
+STAGE_INFERENCE = "inference"
+STAGE_PLUGINS = "plugins"
+STAGES: tuple[str, ...] = (STAGE_VAD, STAGE_INFERENCE, STAGE_PLUGINS)
+
+WORKER_STOP_GRACE_S = 10.0  # a worker finishing its batch, committing and leaving its group
+WORKER_READY_TIMEOUT_S = 90.0  # first start imports torch / librosa and loads the model
+HEALTH_POLL_INTERVAL_S = 0.2
+HEALTH_REQUEST_TIMEOUT_S = 1.0
+
+log = logging.getLogger(__name__)
+
+
+def worker_command(stage: str, *, python: str = sys.executable) -> list[str]:
+    """The command line that starts one worker of `stage` (environment carries the settings)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown worker stage {stage!r}; use one of {', '.join(STAGES)}")
+    return [python, "-m", "emostream.workers.cli", "worker", stage]
+
+
+class WorkerProcess:
+    """One worker subprocess: start, wait until /healthz answers, SIGTERM-stop or SIGKILL (crash)."""
+
+    def __init__(
+        self,
+        stage: str,
+        *,
+        settings: Settings,
+        log_path: Path,
+        name: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.stage = stage
+        self.name = name or stage
+        self.metrics_port = settings.observability.metrics_port or find_free_port()
+        update: dict[str, object] = {"metrics_port": self.metrics_port}
+        if "metrics_host" in type(settings.observability).model_fields:
+            update["metrics_host"] = LOOPBACK_HOST  # a local worker's endpoint stays on this machine
+        observability = settings.observability.model_copy(update=update)
+        self.settings = settings.model_copy(update={"observability": observability})
+        self.log_path = log_path
+        self.extra_env = dict(extra_env or {})
+        self.extra_args = list(extra_args)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{LOOPBACK_HOST}:{self.metrics_port}/healthz"
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
+
+    def environment(self) -> dict[str, str]:
+        environment = child_environment(self.settings)
+        environment.setdefault("PYTHONUNBUFFERED", "1")
+        environment.update(self.extra_env)
+        return environment
+
+    def start(self) -> "WorkerProcess":
+        if self.is_running():
+            raise ServiceError(f"worker {self.name} already running (pid {self.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "ab")
+        self._process = subprocess.Popen(
+            [*worker_command(self.stage), *self.extra_args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self.environment(),
+            start_new_session=True,
+            preexec_fn=die_with_parent_preexec(),
+        )
+        log.info("worker %s started (pid %d), health %s, log %s", self.name, self._process.pid, self.health_url, self.log_path)
+        return self
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def is_healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=HEALTH_REQUEST_TIMEOUT_S) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def wait_healthy(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> float:
+        """Block until GET /healthz answers 200; return the seconds waited. Raises if it exits or times out."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout_s:
+            if not self.is_running():
+                raise ServiceError(
+                    f"worker {self.name} exited with code {self.returncode} before it was healthy; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            if self.is_healthy():
+                return time.monotonic() - began
+            time.sleep(HEALTH_POLL_INTERVAL_S)
+        raise ServiceError(
+            f"worker {self.name}: {self.health_url} not answering 200 after {timeout_s:.0f} s; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def terminate(self) -> None:
+        """Send SIGTERM and return at once (use `stop` to wait)."""
+        if self.is_running():
+            self._process.terminate()  # type: ignore[union-attr]
+
+    def kill(self) -> int | None:
+        """SIGKILL now: a crash, no commit, no leave-group. Returns the exit code (-9)."""
+        return self.stop(grace_s=0.0)
+
+    def stop(self, *, grace_s: float = WORKER_STOP_GRACE_S) -> int | None:
+        """SIGTERM, wait up to `grace_s`, then SIGKILL. Returns the exit code (None if never started)."""
+        process = self._process
+        code: int | None = None
+        if process is not None:
+            if process.poll() is None and grace_s > 0:
+                process.terminate()
+                try:
+                    process.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    log.warning("worker %s (pid %d) still up %.0f s after SIGTERM; killing it", self.name, process.pid, grace_s)
+            if process.poll() is None:
+                process.kill()
+            code = process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return code
+
+    def log_tail(self, max_chars: int = 4_000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-max_chars:]
+        except OSError:
+            return ""
+
+
+@dataclass(frozen=True)
+class StackCounts:
+    """How many worker processes of each stage to run."""
+
+    vad: int = 1
+    inference: int = 1
+    plugins: int = 1
+
+    def by_stage(self) -> dict[str, int]:
+        return {STAGE_VAD: self.vad, STAGE_INFERENCE: self.inference, STAGE_PLUGINS: self.plugins}
+
+
+@dataclass
+class LocalStack:
+    """Broker + Redis (unless `external`) + topics + workers, on loopback.
+
+    `settings` are the base; `start()` replaces the Kafka and Redis addresses with those of the
+    services it started (the broker on `broker_port`, Redis on `redis_port`, free ports if None).
+    With `external=True` it starts no services and uses the addresses in `settings` as they are
+    (a real Kafka cluster and Redis).
+    """
+
+    settings: Settings
+    counts: StackCounts = field(default_factory=StackCounts)
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="emostream-stack-")))
+    broker_port: int | None = None
+    redis_port: int | None = None
+    external: bool = False
+    broker: TansuBroker | None = None
+    redis: RedisServer | None = None
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_services(self) -> Settings:
+        """Start broker and Redis, create the topics; return the settings pointing at them."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if not self.external:
+            self.broker = TansuBroker(port=self.broker_port, log_dir=self.log_dir)
+            self.broker.start()
+            self.redis = RedisServer(port=self.redis_port, log_dir=self.log_dir)
+            self.redis.start()
+            kafka = self.settings.kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap_servers})
+            redis = self.settings.redis.model_copy(update={"url": self.redis.url})
+            self.settings = self.settings.model_copy(update={"kafka": kafka, "redis": redis})
+        ensure_topics(self.settings.kafka, stack_topics(self.settings))
+        return self.settings
+
+    def start_workers(self) -> list[WorkerProcess]:
+        for stage, count in self.counts.by_stage().items():
+            for index in range(count):
+                name = f"{stage}-{index}"
+                worker = WorkerProcess(stage, settings=self.settings, name=name, log_path=self.log_dir / f"{name}.log")
+                self.workers.append(worker.start())
+        return self.workers
+
+    def wait_healthy(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        for worker in self.workers:
+            worker.wait_healthy(max(deadline - time.monotonic(), 0.1))
+
+    def start(self, *, wait: bool = True) -> "LocalStack":
+        try:
+            self.start_services()
+            self.start_workers()
+            if wait:
+                self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def exited_workers(self) -> list[WorkerProcess]:
+        return [worker for worker in self.workers if not worker.is_running()]
+
+    def stop(self) -> None:
+        """Workers first (SIGTERM all, then wait), then Redis, then the broker."""
+        for worker in self.workers:
+            worker.terminate()  # all at once, so their shutdowns overlap
+        for worker in self.workers:
+            worker.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

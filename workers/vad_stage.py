@@ -1,0 +1,331 @@
+"""The VAD stage: audio chunks -> speech segments, per stream, with crash-safe offset commits.
+
+Per record of the audio topic: parse the headers (bad -> dead letter), decode the value (bad ->
+dead letter, and the stream treats that seq as a lost chunk), feed the stream's `StreamState`, send
+the segments it closes to the segments topic (key = stream id, value = 16 kHz s16le, metadata in
+headers).
+
+Commit design (what makes `kill -9` safe):
+- The agent consumes with manual acks (`stream.noack()`); faust commits an offset only when every
+  record below it is acknowledged.
+- A chunk is acknowledged only when no resume point still needs it: duplicates and late chunks at
+  once; processed chunks once a checkpoint *behind which they lie* is stored in Redis. A checkpoint
+  (`StreamCheckpoint`: next seq, stream-time anchor, end-pointer boundary = next segment index,
+  speaking or not, stream time) is stored only after the segments before it were delivered.
+- After a crash or rebalance the new owner reads from the committed offset, which is at or before
+  every chunk the stream's stored checkpoint needs; it restores the stream from that checkpoint,
+  drops chunks before it as late, and replays the rest: the same segments with the same indices
+  (see `workers.stream_state`), which downstream overwrite by key.
+- Redis down: checkpoint writes are retried and their chunks stay unacknowledged (the committed
+  offset waits; memory grows with the outage; a crash meanwhile replays more). A stream first seen
+  while Redis is down starts fresh if its first chunk is seq 0 (nothing before it to resume: the
+  checkpoint is derived); otherwise the stream waits (its chunks are held, unacknowledged) until
+  Redis answers, so it never restarts at a wrong segment index.
+- Limits: idle eviction depends on the wall clock, so a crash between an eviction's segment and
+  its checkpoint may replay that segment longer (same index, overwritten). Redis must keep
+  checkpoints (AOF / replicas in production): a stream whose checkpoint was lost resumes at the
+  committed offset with segment index 0 again.
+"""
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import TP, EventT, StreamT
+
+from emostream.model.vad import EndpointerParams
+from emostream.schemas.audio import AudioChunkHeader, ChannelRole
+from emostream.schemas.errors import RecordError
+from emostream.schemas.segment import SegmentHeader
+from emostream.schemas.settings import VadSettings
+from emostream.workers.app import WorkerContext
+from emostream.workers.codecs import decode_to_s16
+from emostream.workers.result_store import StoreUnavailable
+from emostream.workers.stream_state import Chunk, StepResult, StreamCheckpoint, StreamParams, StreamState
+
+__all__ = ["VadStage", "stream_params", "build"]
+
+log = logging.getLogger(__name__)
+
+EVICTION_INTERVAL_S = 1.0
+RECENT_CHECKPOINTS_MAX = 10_000  # finished / evicted streams remembered without asking Redis
+
+
+def stream_params(vad: VadSettings) -> StreamParams:
+    return StreamParams(
+        endpointer=EndpointerParams(
+            aggressiveness=vad.aggressiveness,
+            frame_ms=vad.frame_ms,
+            onset_ms=vad.onset_ms,
+            hangover_ms=vad.hangover_ms,
+            padding_ms=vad.padding_ms,
+            min_segment_ms=vad.min_segment_ms,
+            max_segment_ms=vad.max_segment_ms,
+            quiet_boundary_ms=vad.quiet_boundary_ms,
+        ),
+        max_gap_ms=vad.max_gap_ms,
+        max_reorder_chunks=vad.max_reorder_chunks,
+    )
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _CheckpointJob:
+    stream_id: str
+    tp: TP
+    checkpoint: StreamCheckpoint
+    deliveries: list[Awaitable[Any]] = field(default_factory=list)
+    events: list[EventT] = field(default_factory=list)
+
+    def merge_newer(self, newer: "_CheckpointJob") -> None:
+        self.checkpoint = newer.checkpoint
+        self.deliveries += newer.deliveries
+        self.events += newer.events
+
+
+class CheckpointWriter:
+    """Stores checkpoints in order once their segments are delivered, then acknowledges their chunks."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self._pending: dict[str, _CheckpointJob] = {}
+        self._wakeup = asyncio.Event()
+
+    @property
+    def held_events(self) -> int:
+        return sum(len(job.events) for job in self._pending.values())
+
+    def submit(self, job: _CheckpointJob) -> None:
+        current = self._pending.get(job.stream_id)
+        if current is None:
+            self._pending[job.stream_id] = job
+        else:
+            current.merge_newer(job)
+        self._wakeup.set()
+
+    def forget(self, revoked: set[TP]) -> None:
+        """Partitions moved away: their chunks are the new owner's to replay; never ack them here."""
+        for stream_id in [s for s, job in self._pending.items() if job.tp in revoked]:
+            del self._pending[stream_id]
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                jobs, self._pending = self._pending, {}
+                try:
+                    await self._store(jobs)
+                except StoreUnavailable as error:
+                    self.ctx.metrics.checkpoints.labels("failed").inc(len(jobs))
+                    log.warning("%s; %d streams keep their chunks unacknowledged and retry", error, len(jobs))
+                    for stream_id, job in jobs.items():  # put back, older first; newer submissions win
+                        newer = self._pending.pop(stream_id, None)
+                        if newer is not None:
+                            job.merge_newer(newer)
+                        self._pending[stream_id] = job
+                    await asyncio.sleep(self.ctx.settings.redis.retry_interval_s)
+
+    async def _store(self, jobs: dict[str, _CheckpointJob]) -> None:
+        delivered: dict[str, _CheckpointJob] = {}
+        for stream_id, job in jobs.items():
+            try:
+                for delivery in job.deliveries:
+                    await delivery
+            except Exception as error:  # the segment is not on the topic: do not move the resume point
+                log.error("stream %s: segment delivery failed (%s); its chunks will be replayed", stream_id, error)
+                continue
+            job.deliveries.clear()
+            delivered[stream_id] = job
+        await self.ctx.store.save_checkpoints(
+            {
+                stream_id: (job.checkpoint.to_json(), job.checkpoint.position.next_seq, job.checkpoint.boundary.sample)
+                for stream_id, job in delivered.items()
+            }
+        )
+        self.ctx.metrics.checkpoints.labels("stored").inc(len(delivered))
+        assigned = self.ctx.app.consumer.assignment()
+        for job in delivered.values():
+            if job.tp in assigned:
+                for event in job.events:
+                    event.ack()
+
+
+@dataclass
+class _Stream:
+    state: StreamState[EventT]
+    tp: TP
+    role: ChannelRole
+    last_active_s: float
+    deliveries: list[Awaitable[Any]] = field(default_factory=list)  # awaited before its next checkpoint
+    checkpoint: StreamCheckpoint | None = None  # the latest one made (stored or on its way)
+
+
+class VadStage:
+    """Registers the VAD agent, the idle-eviction timer and the checkpoint writer on the app."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.params = stream_params(ctx.settings.vad)
+        self._streams: dict[str, _Stream] = {}
+        self._recent: OrderedDict[str, tuple[TP, StreamCheckpoint]] = OrderedDict()
+        self._writer = CheckpointWriter(ctx)
+
+    def register(self) -> None:
+        app = self.ctx.app
+
+        async def vad(stream: StreamT) -> None:
+            async for event in stream.noack().events():
+                await self.on_event(event)
+
+        app.agent(self.ctx.topics.audio, name="vad")(vad)
+        app.timer(EVICTION_INTERVAL_S, name="vad-evict-idle")(self._evict_idle)
+        app.task(self._writer.run)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    def health(self) -> dict[str, object]:
+        return {"streams": len(self._streams), "held_chunks": self._writer.held_events}
+
+    async def on_event(self, event: EventT) -> None:
+        message = event.message
+        received_at_ms = now_ms()
+        try:
+            header = AudioChunkHeader.from_kafka(message.key, message.headers)
+        except RecordError as error:
+            await self._dead_letter_and_ack(event, str(error))
+            return
+        stream = self._streams.get(header.stream_id)
+        if stream is None:
+            stream = await self._open(header, message.tp)
+        stream.last_active_s = time.monotonic()
+        try:
+            samples = decode_to_s16(message.value or b"", header.encoding)
+        except RecordError as error:
+            reason = f"stream {header.stream_id}, chunk {header.seq}: {error}"
+            stream.deliveries.append(await self.ctx.dead_letters.send(event, reason))
+            self.ctx.metrics.chunks.labels("lost").inc()
+            await self._handle(header.stream_id, stream, stream.state.lost(header.seq, event))
+            return
+        chunk = Chunk(
+            seq=header.seq,
+            samples=samples,
+            sample_rate_hz=header.sample_rate_hz,
+            end_of_stream=header.end_of_stream,
+            received_at_ms=received_at_ms,
+        )
+        result = stream.state.accept(chunk, event)
+        self.ctx.metrics.chunks.labels("processed").inc(1 - result.dropped_duplicate - result.dropped_late)
+        await self._handle(header.stream_id, stream, result)
+
+    async def _open(self, header: AudioChunkHeader, tp: TP) -> _Stream:
+        """State of a stream new to this worker: from its stored checkpoint (see module docstring)."""
+        checkpoint: StreamCheckpoint | None = None
+        recent = self._recent.pop(header.stream_id, None)
+        if recent is not None and recent[0] == tp:
+            checkpoint = recent[1]
+        while checkpoint is None:
+            try:
+                text = await self.ctx.store.load_checkpoint(header.stream_id)
+                checkpoint = StreamCheckpoint.from_json(text) if text else None
+                break
+            except StoreUnavailable as error:
+                if header.seq == 0:
+                    log.warning("%s; seq 0: the stream starts fresh", error)
+                    break
+                log.warning("%s; waiting for Redis before resuming this stream", error)
+                await asyncio.sleep(self.ctx.settings.redis.retry_interval_s)
+            except RecordError as error:
+                log.error("%s; the stream starts fresh", error)
+                break
+        stream = _Stream(StreamState(header.stream_id, self.params, checkpoint), tp, header.role, time.monotonic())
+        self._streams[header.stream_id] = stream
+        self.ctx.metrics.active_streams.set(len(self._streams))
+        return stream
+
+    async def _handle(self, stream_id: str, stream: _Stream, result: StepResult[EventT]) -> None:
+        metrics = self.ctx.metrics
+        for event in result.ack_now:
+            event.ack()
+        metrics.chunks.labels("duplicate").inc(result.dropped_duplicate)
+        metrics.chunks.labels("late").inc(result.dropped_late)
+        metrics.gaps.labels("filled").inc(result.gaps_filled)
+        metrics.gaps.labels("closed").inc(result.gaps_closed)
+        if result.segments:
+            stream.deliveries += await self._send_segments(stream_id, stream.role, result)
+        if result.checkpoint is not None:
+            stream.checkpoint = result.checkpoint
+            deliveries, stream.deliveries = stream.deliveries, []
+            self._writer.submit(
+                _CheckpointJob(stream_id, stream.tp, result.checkpoint, deliveries, list(result.ack_after_checkpoint))
+            )
+        if stream.state.finished and stream.state.held_tokens == 0:
+            self._forget(stream_id)
+        metrics.held_chunks.set(self._writer.held_events + sum(s.state.held_tokens for s in self._streams.values()))
+
+    async def _send_segments(self, stream_id: str, role: ChannelRole, result: StepResult[EventT]) -> list[Awaitable[Any]]:
+        emitted_at_ms = now_ms()
+        futures = []
+        for segment in result.segments:
+            header = SegmentHeader(
+                stream_id=stream_id,
+                segment_index=segment.index,
+                start_ms=segment.start_ms,
+                end_ms=segment.end_ms,
+                role=role,
+                speech_end_at_ms=segment.speech_end_received_at_ms,
+                emitted_at_ms=emitted_at_ms,
+            )
+            futures.append(
+                await self.ctx.topics.segments.send(
+                    key=stream_id.encode(), value=segment.pcm_s16le, headers=header.to_kafka_headers()
+                )
+            )
+            self.ctx.metrics.segments.inc()
+            if segment.speech_end_received_at_ms is not None:
+                self.ctx.metrics.latency.labels("vad").observe(max(0, emitted_at_ms - segment.speech_end_received_at_ms) / 1000)
+        return futures
+
+    async def _dead_letter_and_ack(self, event: EventT, reason: str) -> None:
+        delivery = await self.ctx.dead_letters.send(event, reason)
+        await delivery
+        event.ack()
+
+    def _forget(self, stream_id: str) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and stream.checkpoint is not None:
+            self._recent[stream_id] = (stream.tp, stream.checkpoint)
+            while len(self._recent) > RECENT_CHECKPOINTS_MAX:
+                self._recent.popitem(last=False)
+        self.ctx.metrics.active_streams.set(len(self._streams))
+
+    async def _evict_idle(self) -> None:
+        idle_s = self.ctx.settings.vad.idle_stream_timeout_s
+        now = time.monotonic()
+        for stream_id, stream in list(self._streams.items()):
+            if now - stream.last_active_s >= idle_s:
+                log.info("stream %s idle for %.0f s: flushed and evicted", stream_id, now - stream.last_active_s)
+                await self._handle(stream_id, stream, stream.state.evict())
+                self._forget(stream_id)
+
+    async def _on_revoked(self, sender: Any = None, revoked: set[TP] | None = None, **_: Any) -> None:
+        revoked = set(revoked or ())
+        self._writer.forget(revoked)
+        for stream_id in [s for s, stream in self._streams.items() if stream.tp in revoked]:
+            self._streams.pop(stream_id, None)
+        for stream_id in [s for s, (tp, _) in self._recent.items() if tp in revoked]:
+            del self._recent[stream_id]
+        self.ctx.metrics.active_streams.set(len(self._streams))
+        log.info("partitions revoked %s: their streams will resume from checkpoints", sorted(revoked))
+
+
+def build(ctx: WorkerContext) -> VadStage:
+    stage = VadStage(ctx)
+    stage.register()
+    return stage
