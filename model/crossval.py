@@ -62,12 +62,18 @@ def run_fold(job: FoldJob) -> dict[str, object]:
         table.features[train], table.label_ids[train], config, job.recipe, device,
         state_path=out_dir / f"fold-{job.fold:02d}.state.pt", progress=job.progress, description=f"fold {job.fold}",
     )
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(out_dir / f"fold-{job.fold:02d}.safetensors"))  # for later analyses of the held-out fold
+    (out_dir / f"fold-{job.fold:02d}.state.pt").unlink(missing_ok=True)
     predicted = predict_logits(model, table.features[test], device).argmax(axis=1)
     result = {
         "fold": job.fold,
         "train_clips": len(train),
         "test_clips": len(test),
         "test_speakers": sorted({table.speakers[i] for i in test}),
+        "test_indices": test.tolist(),
         "train_seconds": round(time.time() - started, 1),
         "final_train_loss": history[-1]["loss"] if history else None,
         **score(table.label_ids[test].tolist(), predicted.tolist(), table.labels),
@@ -95,7 +101,7 @@ def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: s
         "confusion_matrix_pooled": confusion.tolist(),
         "parameters": count_parameters(model),
         "parameters_with_bn_statistics": count_parameters_with_bn_statistics(model),
-        "benefit_cost_ratio_x1e4": round(1e4 * benefit_cost_ratio(summary["avg"], count_parameters_with_bn_statistics(model)), 4),
+        "benefit_cost_ratio_x1e5": round(1e5 * benefit_cost_ratio(summary["avg"], count_parameters_with_bn_statistics(model)), 4),
     }
 
 

@@ -36,7 +36,9 @@ class PLBConfig:
     capsule_dim: int = 64  # (L, 64) capsules
     output_capsules: int = 6  # routing weight 64 x (6 x 64) = Table 1's 24,576
     routing_iterations: int = 3  # R of algorithm 1
+    routing_softmax: str = "inputs"  # c = softmax(b) over input capsules (weighted mean) or "outputs"
     pool_before_capsules: bool = True  # 2x2 average pool after DWSCNN: L = 264 instead of 1,320
+    keras_init: bool = True  # Glorot-uniform weights, zero biases: the thesis's TensorFlow defaults
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -174,10 +176,13 @@ class DynamicRouting(nn.Module):
     u: (B, L, D) input capsules -> v: (B, J, D) output capsules.
     """
 
-    def __init__(self, capsule_dim: int, output_capsules: int, iterations: int) -> None:
+    def __init__(self, capsule_dim: int, output_capsules: int, iterations: int, softmax_over: str = "inputs") -> None:
         super().__init__()
+        if softmax_over not in ("inputs", "outputs"):
+            raise ValueError(f"routing softmax_over {softmax_over!r} unknown; use inputs or outputs")
         self.output_capsules = output_capsules
         self.iterations = iterations
+        self.softmax_dim = 2 if softmax_over == "inputs" else 1
         self.weight = nn.Parameter(torch.empty(capsule_dim, output_capsules * capsule_dim))
         nn.init.xavier_uniform_(self.weight)
 
@@ -186,11 +191,18 @@ class DynamicRouting(nn.Module):
         u_hat = (u @ self.weight).reshape(batch, num_inputs, self.output_capsules, dim).transpose(1, 2)
         logits = u.new_zeros(batch, self.output_capsules, num_inputs)
         for iteration in range(self.iterations):
-            coupling = torch.softmax(logits, dim=1)  # each input capsule shares itself among outputs
+            coupling = torch.softmax(logits, dim=self.softmax_dim)
             v = squash((coupling.unsqueeze(-1) * u_hat).sum(dim=2))
             if iteration < self.iterations - 1:
                 logits = logits + (u_hat * v.unsqueeze(2)).sum(dim=-1)
         return v
+
+
+def _keras_init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class PLBNet(nn.Module):
@@ -209,8 +221,10 @@ class PLBNet(nn.Module):
         self.capsule_pool = nn.AvgPool2d(2) if c.pool_before_capsules else nn.Identity()
         self.spatial_attention = SpatialAttention(c.spatial_kernel_size)
         self.self_attention = CapsuleSelfAttention(c.capsule_dim)
-        self.routing = DynamicRouting(c.capsule_dim, c.output_capsules, c.routing_iterations)
+        self.routing = DynamicRouting(c.capsule_dim, c.output_capsules, c.routing_iterations, c.routing_softmax)
         self.classifier = nn.Linear(c.capsule_dim, c.num_classes)
+        if c.keras_init:
+            self.apply(_keras_init)
 
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
         """mfcc: (B, 1, frames, coefficients) float32 -> logits (B, num_classes)."""

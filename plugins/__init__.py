@@ -48,6 +48,7 @@ from emostream.plugins.api import (
     SyncEmotionHandler,
     SyncPlugin,
     as_async_handler,
+    effective_role,
 )
 from emostream.plugins.callback import CallbackPlugin
 from emostream.plugins.decision import UNCERTAIN_LABEL, DecisionOptions, DecisionState
@@ -55,6 +56,7 @@ from emostream.plugins.delivery import DeliveryOutcome, DeliveryPolicy, deliver_
 from emostream.schemas.event import EmotionEvent
 
 __all__ = [
+    "UNCERTAIN_LABEL",
     "AsyncEmotionHandler",
     "CallbackPlugin",
     "DecisionOptions",
@@ -70,9 +72,9 @@ __all__ = [
     "PluginOptions",
     "SyncEmotionHandler",
     "SyncPlugin",
-    "UNCERTAIN_LABEL",
     "as_async_handler",
     "deliver_with_retries",
+    "effective_role",
     "subscribe",
 ]
 

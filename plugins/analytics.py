@@ -1,7 +1,8 @@
 """Adapter 4: call-centre analytics. Per call and channel: the running emotion timeline, the share of
 time per emotion, and escalation alerts, kept in Redis and published to the alerts topic.
 
-Escalation rule: a segment of a watched channel (default: the customer's) is *distressed* when the
+Escalation rule: a segment of a watched channel (default: the customer's; the role comes from the
+event, or from the stream id's suffix when the gateway sent none) is *distressed* when the
 score of any alert label (default: angry, fearful) is >= `score_threshold`; `consecutive_segments`
 distressed segments in a row (adjacent segment indices) raise one alert, identified by
 `<stream id>/escalation/<first segment index>`. A longer run does not raise another; the next run
@@ -27,12 +28,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from emostream.plugins.api import Plugin, PluginContext, PluginOptions, require
+from emostream.plugins.api import Plugin, PluginContext, PluginOptions, effective_role, require
 from emostream.plugins.connections import aiokafka_producer_options, async_redis_client
 from emostream.schemas.audio import ChannelRole
 from emostream.schemas.event import EmotionEvent
+from pydantic import BaseModel, ConfigDict, Field
 
 ALERTS_CHANNEL_SUFFIX = "alerts"
 SEGMENT_FIELD_DIGITS = 8
@@ -53,11 +53,15 @@ class TimelineSegment(BaseModel):
     end_ms: float
     label: str
     score: float = Field(description="score of `label`")
-    alert_score: float = Field(0.0, description="highest score among the alert labels")
+    scores: dict[str, float] = Field(description="score per label, as the model gave it")
 
     @property
     def duration_ms(self) -> float:
         return self.end_ms - self.start_ms
+
+    def alert_score(self, alert_labels: Iterable[str]) -> float:
+        """The highest score among the alert labels (0 if the model has none of them)."""
+        return max((self.scores.get(label, 0.0) for label in alert_labels), default=0.0)
 
 
 class EscalationAlert(BaseModel):
@@ -117,16 +121,16 @@ class AnalyticsOptions(PluginOptions):
 
 
 # -- pure computations ---------------------------------------------------------------------------
-def timeline_segment(event: EmotionEvent, alert_labels: Iterable[str]) -> TimelineSegment:
+def timeline_segment(event: EmotionEvent) -> TimelineSegment:
     return TimelineSegment(
         stream_id=event.stream_id,
-        role=event.role,
+        role=effective_role(event),
         segment_index=event.segment_index,
         start_ms=event.start_ms,
         end_ms=event.end_ms,
         label=event.label,
         score=event.scores.get(event.label, 0.0),
-        alert_score=max((event.scores.get(label, 0.0) for label in alert_labels), default=0.0),
+        scores=dict(event.scores),
     )
 
 
@@ -154,7 +158,7 @@ def find_escalations(
     for stream_id, stream_segments in sorted(by_stream.items()):
         run: list[TimelineSegment] = []
         for segment in sorted(stream_segments, key=lambda item: item.segment_index):
-            distressed = segment.alert_score >= options.score_threshold
+            distressed = segment.alert_score(options.alert_labels) >= options.score_threshold
             adjacent = bool(run) and segment.segment_index == run[-1].segment_index + 1
             if not distressed:
                 run = []
@@ -172,7 +176,7 @@ def find_escalations(
                         start_ms=run[0].start_ms,
                         end_ms=segment.end_ms,
                         labels=[item.label for item in run],
-                        max_alert_score=max(item.alert_score for item in run),
+                        max_alert_score=max(item.alert_score(options.alert_labels) for item in run),
                         rule=options.rule_text(),
                         raised_at_ms=raised_at_ms,
                     )
@@ -291,7 +295,7 @@ class AnalyticsPlugin(Plugin[AnalyticsOptions]):
             raise RuntimeError(f"plugin {self.name!r}: on_emotion before start()")
         redis, call_id, ttl_s = self._redis, event.call_id, self.options.retention_s
         timeline_key = call_key(self._key_prefix, call_id, "timeline")
-        segment = timeline_segment(event, self.options.alert_labels)
+        segment = timeline_segment(event)
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hset(timeline_key, timeline_field(event.stream_id, event.segment_index), segment.model_dump_json())
             pipe.expire(timeline_key, ttl_s)

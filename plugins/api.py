@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from emostream.plugins.decision import DecisionOptions, DecisionState
+from emostream.schemas.audio import ChannelRole
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import Settings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "AsyncEmotionHandler",
@@ -38,12 +39,25 @@ __all__ = [
     "SyncEmotionHandler",
     "SyncPlugin",
     "as_async_handler",
+    "effective_role",
     "require",
 ]
 
 AsyncEmotionHandler = Callable[[EmotionEvent], Awaitable[None]]
 SyncEmotionHandler = Callable[[EmotionEvent], None]
 EmotionHandler = AsyncEmotionHandler | SyncEmotionHandler
+
+
+_ROLE_NAMES = {role.value for role in ChannelRole}
+
+
+def effective_role(event: EmotionEvent) -> ChannelRole:
+    """The event's channel role; when the gateway sent none (`unknown`), the stream id's channel
+    suffix if it names a role (`call-42:customer` -> customer)."""
+    if event.role is not ChannelRole.UNKNOWN:
+        return event.role
+    suffix = event.stream_id.rsplit(":", 1)[-1] if ":" in event.stream_id else ""
+    return ChannelRole(suffix) if suffix in _ROLE_NAMES else ChannelRole.UNKNOWN
 
 
 class PluginConfigError(ValueError):
@@ -185,8 +199,8 @@ class SyncPlugin(Plugin[OptionsT]):
 
 def as_async_handler(handler: EmotionHandler) -> AsyncEmotionHandler:
     """Wrap a sync or async callable as an async handler (sync ones run in a worker thread)."""
-    if asyncio.iscoroutinefunction(handler) or asyncio.iscoroutinefunction(
-        getattr(handler, "__call__", None)
+    if asyncio.iscoroutinefunction(handler) or (
+        not inspect.isroutine(handler) and asyncio.iscoroutinefunction(type(handler).__call__)  # a callable object
     ):
         return handler  # type: ignore[return-value]
 

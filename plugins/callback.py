@@ -9,8 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import Any, ClassVar
 
-from pydantic import Field
-
 from emostream.plugins.api import (
     AsyncEmotionHandler,
     EmotionHandler,
@@ -21,6 +19,7 @@ from emostream.plugins.api import (
 )
 from emostream.plugins.decision import DecisionOptions
 from emostream.schemas.event import EmotionEvent
+from pydantic import Field
 
 
 class CallbackOptions(PluginOptions):
@@ -54,7 +53,7 @@ class CallbackPlugin(Plugin[CallbackOptions]):
     @classmethod
     def wrap(
         cls, handler: EmotionHandler, *, name: str = "callback", decision: DecisionOptions | None = None
-    ) -> "CallbackPlugin":
+    ) -> CallbackPlugin:
         """A plugin around a function written in code (the usual way for an embedding chatbot)."""
         options = CallbackOptions(decision=decision or DecisionOptions())
         return cls(options, name=name, handler=handler)

@@ -18,9 +18,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from emostream.schemas.event import EmotionEvent
+from pydantic import BaseModel, ConfigDict, Field
 
 UNCERTAIN_LABEL = "uncertain"
 MAX_TRACKED_STREAMS = 10_000  # least recently seen streams are forgotten beyond this
@@ -68,9 +67,15 @@ def average_scores(window: deque[dict[str, float]] | list[dict[str, float]]) -> 
     return {label: sum(scores.get(label, 0.0) for scores in window) / count for label in sorted(labels)}
 
 
-def best_label(scores: dict[str, float], confidence_threshold: float | None) -> str:
-    """The top label, or `uncertain` when its score is below the threshold."""
+TIE_TOLERANCE = 1e-9
+
+
+def best_label(scores: dict[str, float], confidence_threshold: float | None, *, prefer: str | None = None) -> str:
+    """The top label, or `uncertain` when its score is below the threshold. On a tie the `prefer`
+    label (the one reported now) wins, so a tie never flips the decision."""
     label, score = max(scores.items(), key=lambda item: item[1])
+    if prefer is not None and prefer in scores and scores[prefer] >= score - TIE_TOLERANCE:
+        label = prefer
     if confidence_threshold is not None and score < confidence_threshold:
         return UNCERTAIN_LABEL
     return label
@@ -98,7 +103,9 @@ class DecisionState:
 
         state.last_segment_index = event.segment_index
         state.window.append(dict(event.scores))
-        candidate = best_label(average_scores(state.window), self.options.confidence_threshold)
+        candidate = best_label(
+            average_scores(state.window), self.options.confidence_threshold, prefer=state.reported_label
+        )
         if candidate == state.candidate_label:
             state.candidate_run_segments += 1
         else:

@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from emostream.plugins.api import Plugin, PluginDeliveryError
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import PluginSettings
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class DeliveryPolicy(BaseModel):
@@ -65,7 +64,7 @@ AttemptFailedHook = Callable[[int, BaseException], Awaitable[None] | None]
 
 def describe_failure(plugin: Plugin[Any], event: EmotionEvent, attempt: int, error: BaseException) -> str:
     problem = (
-        f"timed out" if isinstance(error, (asyncio.TimeoutError, TimeoutError)) else f"{type(error).__name__}: {error}"
+        "timed out" if isinstance(error, (asyncio.TimeoutError, TimeoutError)) else f"{type(error).__name__}: {error}"
     )
     return f"plugin {plugin.name!r}, event {event.idempotency_key}, attempt {attempt}: {problem}"
 
@@ -91,7 +90,7 @@ async def deliver_with_retries(
             return DeliveryOutcome(plugin.name, True, attempt, time.monotonic() - started_s)
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # a plugin may raise anything; it must not escape
+        except Exception as error:  # noqa: BLE001 - a plugin may raise anything; it must not escape
             last_error = describe_failure(plugin, event, attempt, error)
             if on_attempt_failed is not None:
                 hook_result = on_attempt_failed(attempt, error)

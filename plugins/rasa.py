@@ -29,11 +29,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
-
-from emostream.plugins.api import Plugin, PluginContext, PluginDeliveryError, PluginOptions, require
+from emostream.plugins.api import (
+    Plugin,
+    PluginContext,
+    PluginDeliveryError,
+    PluginOptions,
+    effective_role,
+    require,
+)
 from emostream.schemas.audio import ChannelRole
 from emostream.schemas.event import EmotionEvent
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 DEFAULT_NEGATIVE_LABELS: tuple[str, ...] = ("angry", "fearful", "sad", "disgust")
 MAX_TRACKED_STREAMS = 10_000
@@ -48,7 +54,9 @@ class RasaOptions(PluginOptions):
         "{call_id}", description="str.format template; fields: stream_id, call_id, session_id, role + pattern groups"
     )
     conversation_id_pattern: str | None = Field(None, description="regex on the stream id; named groups feed the template")
-    roles: list[ChannelRole] | None = Field(None, description="only events of these channel roles; None: all")
+    roles: list[ChannelRole] | None = Field(
+        None, description="only events of these channel roles (or stream id suffixes, see effective_role); None: all"
+    )
     trigger_intent: str | None = Field(None, description="intent triggered when a negative emotion persists")
     trigger_after_segments: int = Field(3, ge=1, description="consecutive negative segments before the trigger")
     negative_labels: list[str] = Field(default_factory=lambda: list(DEFAULT_NEGATIVE_LABELS))
@@ -137,7 +145,7 @@ class RasaPlugin(Plugin[RasaOptions]):
         return conversation
 
     async def on_emotion(self, event: EmotionEvent) -> None:
-        if self.options.roles is not None and event.role not in self.options.roles:
+        if self.options.roles is not None and effective_role(event) not in self.options.roles:
             return
         conversation = self.conversation_id(event)
         timestamp_s = (event.created_at_ms / 1000.0) if event.created_at_ms else time.time()

@@ -36,11 +36,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from emostream.plugins.api import Plugin, PluginConfigError
 from emostream.plugins.delivery import DeliveryPolicy
 from emostream.schemas.settings import PluginSettings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENTRY_POINT_GROUP = "emostream.plugins"
 

@@ -33,10 +33,9 @@ import uuid
 from collections import OrderedDict
 from typing import Any, ClassVar
 
-from pydantic import AnyHttpUrl, Field, SecretStr
-
 from emostream.plugins.api import Plugin, PluginContext, PluginDeliveryError, PluginOptions, require
 from emostream.schemas.event import EmotionEvent
+from pydantic import AnyHttpUrl, Field, SecretStr
 
 TIMESTAMP_HEADER = "X-Emostream-Timestamp"
 SIGNATURE_HEADER = "X-Emostream-Signature"

@@ -38,6 +38,10 @@ class SegmentHeader(BaseModel):
         fields: dict[str, object] = dict(headers_to_text(headers))
         if key is not None:
             fields.setdefault("stream_id", key.decode("utf-8", errors="replace"))
+        for name in ("v", "rate"):  # Literal fields do not coerce header text: "1" is not 1
+            text = fields.get(name)
+            if isinstance(text, str) and text.isdigit():
+                fields[name] = int(text)
         try:
             return cls.model_validate(fields)
         except ValidationError as error:

@@ -23,6 +23,9 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: str | None = None
     session_timeout_ms: int = Field(6_000, description="short: some brokers hold JoinGroup half of it")
     heartbeat_interval_ms: int = 1_500
+    fetch_max_wait_ms: int = Field(
+        20, ge=1, description="longest a fetch waits for records; some brokers (Tansu) always wait it out"
+    )
 
 
 class TopicSettings(BaseModel):

@@ -63,3 +63,89 @@ def spoken_stream(texts: tuple[str, ...] = UTTERANCES, *, silence_ms: int = 1_50
 
 def chunked(samples: np.ndarray, chunk_samples: int) -> list[np.ndarray]:
     return [samples[i : i + chunk_samples] for i in range(0, len(samples), chunk_samples)]
+
+
+# -- streaming through the real pipeline ----------------------------------------------------------
+def reference_segments(samples_16k: np.ndarray, settings, *, chunk_ms: int = 20) -> list:
+    """What the VAD stage must emit for this audio sent in order: the offline StreamState result."""
+    from emostream.workers.stream_state import Chunk, StreamState
+    from emostream.workers.vad_stage import stream_params
+
+    state = StreamState("reference", stream_params(settings.vad))
+    pieces = chunked(samples_16k, SPEECH_SAMPLE_RATE_HZ * chunk_ms // 1000)
+    segments = []
+    for seq, piece in enumerate(pieces):
+        segments += state.accept(Chunk(seq=seq, samples=piece, sample_rate_hz=SPEECH_SAMPLE_RATE_HZ), token=seq).segments
+    segments += state.accept(Chunk(seq=len(pieces), samples=np.zeros(0, np.int16), sample_rate_hz=SPEECH_SAMPLE_RATE_HZ, end_of_stream=True), token=-1).segments
+    return segments
+
+
+def send_chunks(producer, *, topic: str, stream_id: str, samples: np.ndarray, sample_rate_hz: int = SPEECH_SAMPLE_RATE_HZ,
+                chunk_ms: int = 20, seqs: list[int] | None = None, eos: bool = True, encoding=None,
+                pace_s: float = 0.0) -> int:
+    """Send chunks (in the order of `seqs`, default all in order) and an end-of-stream record; returns chunks."""
+    import time as _time
+
+    from emostream.schemas.audio import AudioChunkHeader, AudioEncoding
+    from emostream.workers.producer import encode_s16
+
+    encoding = encoding or AudioEncoding.S16LE
+    pieces = chunked(samples, sample_rate_hz * chunk_ms // 1000)
+    order = list(range(len(pieces))) if seqs is None else seqs
+    key = stream_id.encode()
+    for seq in order:
+        header = AudioChunkHeader(stream_id=stream_id, seq=seq, sample_rate_hz=sample_rate_hz, encoding=encoding)
+        producer.send(topic, key=key, value=encode_s16(pieces[seq], encoding), headers=header.to_kafka_headers())
+        if pace_s:
+            _time.sleep(pace_s)
+    if eos:
+        header = AudioChunkHeader(stream_id=stream_id, seq=len(pieces), sample_rate_hz=sample_rate_hz, encoding=encoding,
+                                  end_of_stream=True)
+        producer.send(topic, key=key, value=b"", headers=header.to_kafka_headers())
+    producer.flush()
+    return len(pieces)
+
+
+def segment_headers(records) -> list:
+    from emostream.schemas.segment import SegmentHeader
+
+    return [SegmentHeader.from_kafka(record.key, record.headers) for record in records]
+
+
+def wait_for(predicate, *, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):
+    import time as _time
+
+    deadline = _time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if _time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        _time.sleep(interval_s)
+
+
+def metric_value(worker, name: str, **labels: str) -> float:
+    """A counter / gauge of a worker from its /metrics endpoint (sum over matching samples)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def require_model(settings) -> None:
+    """Skip (with the reason) when the inference model of `settings` is not in the registry."""
+    from emostream.model.registry import UnknownModelError, resolve
+
+    try:
+        resolve(settings.inference.model)
+    except UnknownModelError as error:
+        pytest.skip(f"inference tests need a trained checkpoint: {error}")

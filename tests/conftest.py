@@ -39,16 +39,15 @@ from typing import Any
 
 import pytest
 import redis
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
-
 from emostream.schemas.settings import Settings
 from emostream.workers import cli
 from emostream.workers.kafka_config import kafka_python_options
 from emostream.workers.services import RedisServer, TansuBroker
-from emostream.workers.settings_env import ENV_PREFIX, settings_to_env
+from emostream.workers.settings_env import is_settings_variable, settings_to_env
 from emostream.workers.stack import WorkerProcess
 from emostream.workers.topics import ensure_topics, stack_topics
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 REDIS_DATABASES = 1024  # one fresh database per test that asks for stack settings
@@ -57,11 +56,9 @@ _test_counter = itertools.count(1)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # kafka-python 3.0 loads its protocol schemas with deprecated importlib.resources calls (200+ warnings)
-    config.addinivalue_line("filterwarnings", "ignore:.*is deprecated. Use files\\(\\) instead:DeprecationWarning")
-    # The suite configures everything it starts; a developer's exported EMOSTREAM_* variables
+    # The suite configures everything it starts; a developer's exported EMOSTREAM_* settings
     # must not leak into Settings() built here or in worker subprocesses.
-    for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
+    for name in [name for name in os.environ if is_settings_variable(name)]:
         del os.environ[name]
 
 
@@ -130,7 +127,10 @@ def create_topics() -> Callable[[Settings], dict[str, int]]:
 
 @pytest.fixture
 def make_stack_settings(
-    request: pytest.FixtureRequest, broker: str, redis_service: RedisServer, create_topics: Callable[[Settings], dict[str, int]]
+    request: pytest.FixtureRequest,
+    broker: str,
+    redis_service: RedisServer,
+    create_topics: Callable[[Settings], dict[str, int]],
 ) -> Callable[..., Settings]:
     """Factory of isolated Settings: unique topics / worker_id / Redis database per call.
 
@@ -162,7 +162,10 @@ def make_stack_settings(
             **dict(sections.pop("topics", {})),
         }
         values: dict[str, Any] = {
-            "kafka": {"bootstrap_servers": bootstrap_servers or broker, **dict(sections.pop("kafka", {}))},
+            "kafka": {
+                "bootstrap_servers": bootstrap_servers or broker,
+                **dict(sections.pop("kafka", {})),
+            },
             "redis": {"url": redis_url, **dict(sections.pop("redis", {}))},
             "topics": topics,
             "worker_id": f"emostream-{call_tag}",
@@ -206,7 +209,12 @@ def read_topic() -> Callable[..., list[ConsumerRecord]]:
     """
 
     def read(
-        settings: Settings, topic: str, *, min_records: int = 1, timeout_s: float = 10.0, stream_id: str | None = None
+        settings: Settings,
+        topic: str,
+        *,
+        min_records: int = 1,
+        timeout_s: float = 10.0,
+        stream_id: str | None = None,
     ) -> list[ConsumerRecord]:
         consumer = KafkaConsumer(
             **kafka_python_options(settings.kafka, client_id="emostream-tests"),
@@ -222,7 +230,9 @@ def read_topic() -> Callable[..., list[ConsumerRecord]]:
                 consumer.topics()
                 partitions = consumer.partitions_for_topic(topic)
             if not partitions:
-                raise AssertionError(f"topic {topic!r} does not exist at {settings.kafka.bootstrap_servers}")
+                raise AssertionError(
+                    f"topic {topic!r} does not exist at {settings.kafka.bootstrap_servers}"
+                )
             assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
             consumer.assign(assigned)
             for partition in assigned:
@@ -235,7 +245,9 @@ def read_topic() -> Callable[..., list[ConsumerRecord]]:
                 if len(records) >= min_records:
                     # one more short poll so records produced in the same burst are included
                     for batch in consumer.poll(timeout_ms=200).values():
-                        records.extend(record for record in batch if key is None or record.key == key)
+                        records.extend(
+                            record for record in batch if key is None or record.key == key
+                        )
                     break
             return sorted(records, key=lambda record: (record.partition, record.offset))
         finally:
@@ -246,7 +258,9 @@ def read_topic() -> Callable[..., list[ConsumerRecord]]:
 
 # -- workers ------------------------------------------------------------------------------------
 @pytest.fixture
-def spawn_worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_worker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
     """`spawn_worker(stage, settings=None, env=None, name=None, wait_healthy=True)` -> WorkerProcess.
 
     `stage` is "vad", "inference" or "plugins"; `settings` defaults to `stack_settings`; `env` adds
@@ -265,7 +279,9 @@ def spawn_worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
     ) -> WorkerProcess:
         settings = settings or request.getfixturevalue("stack_settings")
         name = name or f"{stage}-{len(workers)}"
-        worker = WorkerProcess(stage, settings=settings, name=name, log_path=tmp_path / f"{name}.log", extra_env=env)
+        worker = WorkerProcess(
+            stage, settings=settings, name=name, log_path=tmp_path / f"{name}.log", extra_env=env
+        )
         workers.append(worker.start())
         if wait_healthy:
             worker.wait_healthy(ready_timeout_s)
@@ -276,7 +292,9 @@ def spawn_worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
         worker.terminate()
     for worker in workers:
         code = worker.stop(grace_s=5.0)
-        print(f"\n--- worker {worker.name} (exit {code}), log {worker.log_path} ---\n{worker.log_tail(3_000)}")
+        print(
+            f"\n--- worker {worker.name} (exit {code}), log {worker.log_path} ---\n{worker.log_tail(3_000)}"
+        )
 
 
 # -- audio fixtures -----------------------------------------------------------------------------
@@ -303,7 +321,9 @@ def speech_fixture() -> SpeechFixture:
         path=FIXTURES_DIR / card["file"],
         sample_rate_hz=card["sample_rate_hz"],
         duration_ms=card["duration_ms"],
-        utterances=[Utterance(item["start_ms"], item["end_ms"], item["text"]) for item in card["utterances"]],
+        utterances=[
+            Utterance(item["start_ms"], item["end_ms"], item["text"]) for item in card["utterances"]
+        ],
     )
 
 
@@ -325,16 +345,27 @@ class EmostreamCli:
 
     @staticmethod
     def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
-        """This process's environment without EMOSTREAM_* variables, plus `env`."""
-        environment = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
+        """This process's environment without EMOSTREAM_* settings variables, plus `env`."""
+        environment = {
+            name: value for name, value in os.environ.items() if not is_settings_variable(name)
+        }
         environment.update(env or {})
         return environment
 
     def run(
-        self, command: str, *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 60.0
+        self,
+        command: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float = 60.0,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.argv(command, *args), env=self.environment(env), capture_output=True, text=True, timeout=timeout_s, check=False
+            self.argv(command, *args),
+            env=self.environment(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
         )
 
 

@@ -8,7 +8,6 @@ import time
 from typing import ClassVar
 
 import pytest
-
 from emostream.plugins import (
     UNCERTAIN_LABEL,
     CallbackPlugin,
@@ -254,3 +253,29 @@ async def test_gives_up_naming_plugin_and_event_and_skips_retry_when_not_retryab
 async def test_plugin_context_defaults() -> None:
     context = PluginContext()
     assert context.settings.topics.alerts and context.redis is None
+
+
+async def test_a_tie_after_smoothing_keeps_the_reported_label() -> None:
+    events = [make_event(STREAM, 0, "neutral", confidence=0.9), make_event(STREAM, 1, "angry", confidence=0.9)]
+    assert await _decide(DecisionOptions(smoothing_window_segments=2), events) == ["neutral", "neutral"]
+
+
+def test_effective_role_falls_back_to_the_stream_suffix() -> None:
+    from emostream.plugins import effective_role
+    from emostream.schemas.audio import ChannelRole
+
+    assert effective_role(make_event("call-1:customer", 0, "sad", role=ChannelRole.UNKNOWN)) is ChannelRole.CUSTOMER
+    assert effective_role(make_event("call-1:customer", 0, "sad", role=ChannelRole.AGENT)) is ChannelRole.AGENT
+    assert effective_role(make_event("call-1:left", 0, "sad", role=ChannelRole.UNKNOWN)) is ChannelRole.UNKNOWN
+
+
+def test_a_third_party_entry_point_is_found_and_built(tmp_path, monkeypatch) -> None:
+    """A package declaring [project.entry-points."emostream.plugins"] (here: its installed metadata)."""
+    dist_info = tmp_path / "acme_emotion_plugins-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-emotion-plugins\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(f"[emostream.plugins]\ngreeter = {__name__}:Greeter\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert available_plugin_types()["greeter"] == f"{__name__}:Greeter"
+    [configured] = build_plugins(PluginSettings(config_json='[{"type": "greeter", "options": {"greeting": "hey"}}]'))
+    assert isinstance(configured.plugin, Greeter) and configured.name == "greeter"

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
-
 from emostream.plugins import DeliveryPolicy, PluginConfigError, PluginContext, deliver_with_retries
 from emostream.plugins.rasa import RasaPlugin
 from emostream.plugins.testing import make_event

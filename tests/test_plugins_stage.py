@@ -3,33 +3,30 @@ and a failing plugin never hold up a healthy one), per-stream ordering, dead let
 plugin's error, and at-least-once delivery across a crash with the idempotency key."""
 
 import asyncio
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-from aiohttp import web
-from kafka import KafkaProducer
-
+from aiohttp import ClientSession, web
 from emostream.plugins.testing import make_event
-from emostream.plugins.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_webhook
+from emostream.plugins.webhook import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    verify_webhook,
+)
 from emostream.schemas.dead_letter import DeadLetter
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import Settings
 from emostream.workers.kafka_config import kafka_python_options
-from emostream.workers.settings_env import ENV_PREFIX, settings_to_env
+from kafka import KafkaProducer
 
 SECRET = "stage-test-secret-0123456789"
 STREAMS = ("call-1:customer", "call-1:agent", "call-2:customer")
 SEGMENTS_PER_STREAM = 8
-WORKER_COMMAND_EXISTS = importlib.util.find_spec("emostream.workers.commands.worker") is not None
 
 
 @dataclass
@@ -117,53 +114,24 @@ def _events() -> list[EmotionEvent]:
 
 
 class StageWorker:
-    """`emostream worker plugins` when that command exists, else `python -m emostream.workers.plugin_stage`."""
+    """`emostream worker plugins` (conftest's spawn_worker) with a plugin configuration."""
 
-    def __init__(self, settings: Settings, config: list[dict], tmp_path: Path, spawn_worker: Callable) -> None:
+    def __init__(self, settings: Settings, config: list[dict], spawn_worker: Callable) -> None:
         self.env = {"EMOSTREAM_PLUGINS__CONFIG_JSON": json.dumps(config)}
-        self.settings, self.tmp_path, self.spawn_worker = settings, tmp_path, spawn_worker
-        self.process: subprocess.Popen | None = None
+        self.settings, self.spawn_worker = settings, spawn_worker
         self.worker = None
-        self.log_path = tmp_path / "plugin-stage.log"
 
     def start(self) -> None:
-        if WORKER_COMMAND_EXISTS:
-            self.worker = self.spawn_worker("plugins", self.settings, env=self.env, wait_healthy=False)
-            return
-        environment = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
-        environment.update(settings_to_env(self.settings))
-        environment.update(self.env)
-        environment["PYTHONUNBUFFERED"] = "1"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "emostream.workers.plugin_stage", "worker", "--without-web"],
-            env=environment,
-            stdout=open(self.log_path, "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.worker = self.spawn_worker("plugins", self.settings, env=self.env, wait_healthy=False)
 
     def kill(self) -> None:
-        if self.worker is not None:
-            self.worker.kill()
-        elif self.process is not None:
-            self.process.kill()
-            self.process.wait()
+        self.worker.kill()
 
     def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.stop(grace_s=5.0)
-        elif self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.worker.stop(grace_s=5.0)
 
     def log_tail(self) -> str:
-        if self.worker is not None:
-            return self.worker.log_tail(3_000)
-        return self.log_path.read_text(errors="replace")[-3_000:] if self.log_path.exists() else ""
+        return self.worker.log_tail(3_000)
 
 
 async def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str, worker: StageWorker) -> None:
@@ -176,7 +144,7 @@ async def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str, 
 
 
 async def test_isolation_ordering_and_dead_letters(
-    hooks: Hooks, stack_settings: Settings, read_topic, spawn_worker, tmp_path: Path
+    hooks: Hooks, stack_settings: Settings, read_topic, spawn_worker
 ) -> None:
     config = [
         _webhook(hooks, "fast"),
@@ -185,7 +153,7 @@ async def test_isolation_ordering_and_dead_letters(
     ]
     events = _events()
     await asyncio.to_thread(_produce, stack_settings, events)
-    worker = StageWorker(stack_settings, config, tmp_path, spawn_worker)
+    worker = StageWorker(stack_settings, config, spawn_worker)
     worker.start()
     try:
         await _wait_for(lambda: len(hooks.delivered("fast")) == len(events), 60, "all events at /fast", worker)
@@ -217,19 +185,28 @@ async def test_isolation_ordering_and_dead_letters(
         )
         assert replayed.idempotency_key in {event.idempotency_key for event in events}
         assert hooks.bad_signatures == 0
+
+        # Metrics per plugin on the worker's /metrics.
+        async with ClientSession() as session:
+            url = f"http://127.0.0.1:{worker.worker.metrics_port}/metrics"
+            async with session.get(url) as response:
+                metrics = await response.text()
+        assert f'emostream_plugin_events_total{{outcome="delivered",plugin="fast"}} {float(len(events))}' in metrics
+        assert f'emostream_plugin_events_total{{outcome="dead_lettered",plugin="failing"}} {float(len(events))}' in metrics
+        assert f'emostream_plugin_attempt_failures_total{{plugin="failing"}} {float(2 * len(events))}' in metrics
     finally:
         worker.stop()
 
 
 async def test_at_least_once_across_a_crash_with_idempotency(
-    hooks: Hooks, stack_settings: Settings, spawn_worker, tmp_path: Path
+    hooks: Hooks, stack_settings: Settings, spawn_worker
 ) -> None:
     """Offsets are committed only when every plugin is done: a crash while /gated still refuses
     replays those events; the Redis ledger keeps /fast from getting them twice."""
     config = [_webhook(hooks, "fast"), _webhook(hooks, "gated", max_attempts=1000, backoff_initial_s=0.05, backoff_max_s=0.1)]
     events = _events()
     await asyncio.to_thread(_produce, stack_settings, events)
-    worker = StageWorker(stack_settings, config, tmp_path, spawn_worker)
+    worker = StageWorker(stack_settings, config, spawn_worker)
     worker.start()
     try:
         await _wait_for(lambda: len(hooks.delivered("fast")) == len(events), 60, "all events at /fast", worker)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import ClientSession, web
-
 from emostream.plugins import DeliveryPolicy, deliver_with_retries
 from emostream.plugins.testing import make_event
 from emostream.plugins.webhook import (

@@ -16,7 +16,7 @@ Choices that matter for correctness (see ../shared/docs/BROKER-NOTES.md):
 
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.types import TopicT
@@ -73,9 +73,30 @@ def broker_credentials(kafka: KafkaSettings) -> faust.SASLCredentials | faust.SS
     return None
 
 
+def _use_fetch_max_wait(fetch_max_wait_ms: int) -> None:
+    """faust hard-codes fetch_max_wait_ms=1500 for its worker consumer. Some brokers (Tansu, measured)
+    answer a fetch only when that wait is over even if records arrived meanwhile, which put up to
+    1.5 s per stage on every result. Set the consumer's wait before it starts (process-wide: one
+    worker process runs one app)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = getattr(AIOKafkaConsumerThread, "_emostream_original_create", None)
+    if original is None:
+        original = AIOKafkaConsumerThread._create_worker_consumer
+        AIOKafkaConsumerThread._emostream_original_create = original  # type: ignore[attr-defined]
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, *, stage: str) -> faust.App:
     """A faust app whose consumer group is `<worker_id>-<stage>`; no agents yet (the stage adds them)."""
     kafka = settings.kafka
+    _use_fetch_max_wait(kafka.fetch_max_wait_ms)
     return faust.App(
         f"{settings.worker_id}-{stage}",
         broker=broker_urls(kafka),

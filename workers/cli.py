@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "emostream.workers.commands.evaluate",
     "emostream.workers.commands.train",
     "emostream.workers.commands.worker",
+    "emostream.workers.commands.report",
 )
 
 

@@ -210,6 +210,8 @@ def build(ctx: WorkerContext) -> InferenceStage:
 
     torch.set_num_threads(ctx.settings.inference.torch_threads)
     model = load_model(ctx.settings.inference.model)
+    # First use compiles and caches (numba, torch kernels): do it before taking traffic, not on a result.
+    model.predict([np.zeros(SEGMENT_SAMPLE_RATE_HZ, dtype=np.float32)] * 2, SEGMENT_SAMPLE_RATE_HZ)
     stage = InferenceStage(ctx, model)
     stage.register()
     return stage

@@ -8,15 +8,19 @@ from typing import Any
 
 from emostream.schemas.settings import KafkaSettings
 
-__all__ = ["kafka_python_options", "CLIENT_REQUEST_TIMEOUT_MS"]
+__all__ = ["CLIENT_REQUEST_TIMEOUT_MS", "kafka_python_options"]
 
-CLIENT_REQUEST_TIMEOUT_MS = 15_000  # per request; Tansu answers in milliseconds, a real cluster in < 1 s
+CLIENT_REQUEST_TIMEOUT_MS = (
+    15_000  # per request; Tansu answers in milliseconds, a real cluster in < 1 s
+)
 
 
 def kafka_python_options(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
     """Connection and security options shared by KafkaProducer, KafkaConsumer and KafkaAdminClient."""
     options: dict[str, Any] = {
-        "bootstrap_servers": [address.strip() for address in kafka.bootstrap_servers.split(",") if address.strip()],
+        "bootstrap_servers": [
+            address.strip() for address in kafka.bootstrap_servers.split(",") if address.strip()
+        ],
         "client_id": client_id,
         "security_protocol": kafka.security_protocol,
         "request_timeout_ms": CLIENT_REQUEST_TIMEOUT_MS,
@@ -24,7 +28,9 @@ def kafka_python_options(kafka: KafkaSettings, *, client_id: str) -> dict[str, A
     if kafka.sasl_mechanism:
         options["sasl_mechanism"] = kafka.sasl_mechanism
         options["sasl_plain_username"] = kafka.sasl_username
-        options["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        options["sasl_plain_password"] = (
+            kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        )
     for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         value = getattr(kafka, name)
         if value:

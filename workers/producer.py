@@ -15,12 +15,16 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
-from kafka import KafkaProducer
-
-from emostream.schemas.audio import SUPPORTED_SAMPLE_RATES_HZ, AudioChunkHeader, AudioEncoding, ChannelRole
+from emostream.schemas.audio import (
+    SUPPORTED_SAMPLE_RATES_HZ,
+    AudioChunkHeader,
+    AudioEncoding,
+    ChannelRole,
+)
 from emostream.schemas.settings import Settings
 from emostream.workers.codecs import ALAW_TO_S16, MULAW_TO_S16
 from emostream.workers.kafka_config import kafka_python_options
+from kafka import KafkaProducer
 
 __all__ = [
     "DEFAULT_CHUNK_MS",
@@ -55,7 +59,9 @@ def load_recording(path: Path, *, sample_rate_hz: int) -> np.ndarray:
     """Read WAV / FLAC / OGG (anything libsndfile reads), mix to mono, resample; int16 samples."""
     if sample_rate_hz not in SUPPORTED_SAMPLE_RATES_HZ:
         rates = ", ".join(str(rate) for rate in SUPPORTED_SAMPLE_RATES_HZ)
-        raise AudioFileError(f"{path}: target sample rate {sample_rate_hz} not supported; use {rates}")
+        raise AudioFileError(
+            f"{path}: target sample rate {sample_rate_hz} not supported; use {rates}"
+        )
     try:
         samples, file_rate_hz = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
@@ -90,14 +96,18 @@ def encode_s16(samples: np.ndarray, encoding: AudioEncoding) -> bytes:
     if encoding is AudioEncoding.S16LE:
         return samples.astype("<i2", copy=False).tobytes()
     if encoding not in _ENCODERS:
-        _ENCODERS[encoding] = _g711_encoder(MULAW_TO_S16 if encoding is AudioEncoding.MULAW else ALAW_TO_S16)
+        _ENCODERS[encoding] = _g711_encoder(
+            MULAW_TO_S16 if encoding is AudioEncoding.MULAW else ALAW_TO_S16
+        )
     return _ENCODERS[encoding][samples.astype(np.int32) + 32_768].tobytes()
 
 
 def iter_chunks(samples: np.ndarray, *, sample_rate_hz: int, chunk_ms: int) -> Iterator[np.ndarray]:
     """Consecutive chunks of `chunk_ms` (the last one may be shorter)."""
     if not MIN_CHUNK_MS <= chunk_ms <= MAX_CHUNK_MS:
-        raise ValueError(f"chunk of {chunk_ms} ms not supported; use {MIN_CHUNK_MS}-{MAX_CHUNK_MS} ms")
+        raise ValueError(
+            f"chunk of {chunk_ms} ms not supported; use {MIN_CHUNK_MS}-{MAX_CHUNK_MS} ms"
+        )
     chunk_samples = sample_rate_hz * chunk_ms // 1000
     for start in range(0, len(samples), chunk_samples):
         yield samples[start : start + chunk_samples]
@@ -156,7 +166,9 @@ def send_recording(
             role=role,
             ts_ms=int(time.time() * 1000),
         )
-        pending.append((seq, producer.send(topic, key=key, value=value, headers=header.to_kafka_headers())))
+        pending.append(
+            (seq, producer.send(topic, key=key, value=value, headers=header.to_kafka_headers()))
+        )
         bytes_sent += len(value)
         audio_ms += 1000.0 * len(chunk) / sample_rate_hz
         seq += 1
@@ -173,11 +185,15 @@ def send_recording(
         ts_ms=int(time.time() * 1000),
         eos=True,
     )
-    pending.append((seq, producer.send(topic, key=key, value=b"", headers=end_header.to_kafka_headers())))
+    pending.append(
+        (seq, producer.send(topic, key=key, value=b"", headers=end_header.to_kafka_headers()))
+    )
     producer.flush(timeout=SEND_TIMEOUT_S)
     for failed_seq, future in pending:
         if future.failed():
-            raise SendError(f"stream {stream_id}, chunk {failed_seq}: not delivered to {topic!r} ({future.exception})")
+            raise SendError(
+                f"stream {stream_id}, chunk {failed_seq}: not delivered to {topic!r} ({future.exception})"
+            )
     return SendReport(
         stream_id=stream_id,
         chunks=seq - first_seq,

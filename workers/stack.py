@@ -7,9 +7,11 @@ free port for its health / metrics endpoint (`EMOSTREAM_OBSERVABILITY__METRICS_P
 when `GET /healthz` answers 200.
 
 Order: start broker and Redis, create topics, start workers; stop workers first (SIGTERM, then
-SIGKILL after a grace period), then Redis, then the broker.
+SIGKILL after a grace period), then Redis, then the broker. The stack is ready when every worker
+is healthy and, per stage, its workers' /healthz `partitions` lists cover the input topic.
 """
 
+import json
 import logging
 import subprocess
 import sys
@@ -20,15 +22,15 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import Any, Self
 
 from emostream.schemas.settings import Settings
 from emostream.workers.services import (
     LOOPBACK_HOST,
-    die_with_parent_preexec,
     RedisServer,
     ServiceError,
     TansuBroker,
+    die_with_parent_preexec,
     find_free_port,
 )
 from emostream.workers.settings_env import child_environment
@@ -81,14 +83,15 @@ class WorkerProcess:
         self.metrics_port = settings.observability.metrics_port or find_free_port()
         update: dict[str, object] = {"metrics_port": self.metrics_port}
         if "metrics_host" in type(settings.observability).model_fields:
-            update["metrics_host"] = LOOPBACK_HOST  # a local worker's endpoint stays on this machine
+            update["metrics_host"] = (
+                LOOPBACK_HOST  # a local worker's endpoint stays on this machine
+            )
         observability = settings.observability.model_copy(update=update)
         self.settings = settings.model_copy(update={"observability": observability})
         self.log_path = log_path
         self.extra_env = dict(extra_env or {})
         self.extra_args = list(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -112,17 +115,25 @@ class WorkerProcess:
         if self.is_running():
             raise ServiceError(f"worker {self.name} already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "ab")
-        self._process = subprocess.Popen(
-            [*worker_command(self.stage), *self.extra_args],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=self.environment(),
-            start_new_session=True,
-            preexec_fn=die_with_parent_preexec(),
+        with open(
+            self.log_path, "ab"
+        ) as log_file:  # the child keeps its own copy of the descriptor
+            self._process = subprocess.Popen(
+                [*worker_command(self.stage), *self.extra_args],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+                preexec_fn=die_with_parent_preexec(),  # noqa: PLW1509 (only a prctl call)
+            )
+        log.info(
+            "worker %s started (pid %d), health %s, log %s",
+            self.name,
+            self._process.pid,
+            self.health_url,
+            self.log_path,
         )
-        log.info("worker %s started (pid %d), health %s, log %s", self.name, self._process.pid, self.health_url, self.log_path)
         return self
 
     def is_running(self) -> bool:
@@ -130,10 +141,23 @@ class WorkerProcess:
 
     def is_healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.health_url, timeout=HEALTH_REQUEST_TIMEOUT_S) as response:
+            with urllib.request.urlopen(
+                self.health_url, timeout=HEALTH_REQUEST_TIMEOUT_S
+            ) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError, ValueError):
             return False
+
+    def health(self) -> dict[str, Any]:
+        """The /healthz JSON (e.g. status, stage, redis, partitions), or {} if it does not answer."""
+        try:
+            with urllib.request.urlopen(
+                self.health_url, timeout=HEALTH_REQUEST_TIMEOUT_S
+            ) as response:
+                document = json.load(response)
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
+        return document if isinstance(document, dict) else {}
 
     def wait_healthy(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> float:
         """Block until GET /healthz answers 200; return the seconds waited. Raises if it exits or times out."""
@@ -171,13 +195,15 @@ class WorkerProcess:
                 try:
                     process.wait(timeout=grace_s)
                 except subprocess.TimeoutExpired:
-                    log.warning("worker %s (pid %d) still up %.0f s after SIGTERM; killing it", self.name, process.pid, grace_s)
+                    log.warning(
+                        "worker %s (pid %d) still up %.0f s after SIGTERM; killing it",
+                        self.name,
+                        process.pid,
+                        grace_s,
+                    )
             if process.poll() is None:
                 process.kill()
             code = process.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
         return code
 
     def log_tail(self, max_chars: int = 4_000) -> str:
@@ -218,6 +244,7 @@ class LocalStack:
     broker: TansuBroker | None = None
     redis: RedisServer | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
+    topic_partitions: dict[str, int] = field(default_factory=dict)  # as found after creating topics
 
     def start_services(self) -> Settings:
         """Start broker and Redis, create the topics; return the settings pointing at them."""
@@ -227,26 +254,65 @@ class LocalStack:
             self.broker.start()
             self.redis = RedisServer(port=self.redis_port, log_dir=self.log_dir)
             self.redis.start()
-            kafka = self.settings.kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap_servers})
+            kafka = self.settings.kafka.model_copy(
+                update={"bootstrap_servers": self.broker.bootstrap_servers}
+            )
             redis = self.settings.redis.model_copy(update={"url": self.redis.url})
             self.settings = self.settings.model_copy(update={"kafka": kafka, "redis": redis})
-        ensure_topics(self.settings.kafka, stack_topics(self.settings))
+        self.topic_partitions = ensure_topics(self.settings.kafka, stack_topics(self.settings))
         return self.settings
 
     def start_workers(self) -> list[WorkerProcess]:
         for stage, count in self.counts.by_stage().items():
             for index in range(count):
                 name = f"{stage}-{index}"
-                worker = WorkerProcess(stage, settings=self.settings, name=name, log_path=self.log_dir / f"{name}.log")
+                worker = WorkerProcess(
+                    stage, settings=self.settings, name=name, log_path=self.log_dir / f"{name}.log"
+                )
                 self.workers.append(worker.start())
         return self.workers
 
     def wait_healthy(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
+        """Every worker answers /healthz 200, then every stage's input partitions are all assigned."""
         deadline = time.monotonic() + timeout_s
         for worker in self.workers:
             worker.wait_healthy(max(deadline - time.monotonic(), 0.1))
+        while (unassigned := self.unassigned_partitions()) and time.monotonic() < deadline:
+            time.sleep(HEALTH_POLL_INTERVAL_S)
+        if unassigned:
+            problems = "; ".join(
+                f"{stage}: {', '.join(names)}" for stage, names in unassigned.items()
+            )
+            raise ServiceError(
+                f"partitions still unassigned {timeout_s:.0f} s after start ({problems})"
+            )
 
-    def start(self, *, wait: bool = True) -> "LocalStack":
+    def stage_input_topic(self, stage: str) -> str:
+        topics = self.settings.topics
+        return {
+            STAGE_VAD: topics.audio,
+            STAGE_INFERENCE: topics.segments,
+            STAGE_PLUGINS: topics.emotions,
+        }[stage]
+
+    def unassigned_partitions(self) -> dict[str, list[str]]:
+        """Per stage with workers: input partitions no worker of the stage reports in /healthz."""
+        missing: dict[str, list[str]] = {}
+        for stage, count in self.counts.by_stage().items():
+            if count == 0:
+                continue
+            topic = self.stage_input_topic(stage)
+            partitions = self.topic_partitions.get(topic, self.settings.topics.partitions)
+            wanted = {f"{topic}:{partition}" for partition in range(partitions)}
+            assigned: set[str] = set()
+            for worker in self.workers:
+                if worker.stage == stage:
+                    assigned.update(str(name) for name in worker.health().get("partitions", []))
+            if wanted - assigned:
+                missing[stage] = sorted(wanted - assigned)
+        return missing
+
+    def start(self, *, wait: bool = True) -> Self:
         try:
             self.start_services()
             self.start_workers()
@@ -271,7 +337,7 @@ class LocalStack:
         if self.broker is not None:
             self.broker.stop()
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:

@@ -13,14 +13,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kafka import KafkaConsumer, TopicPartition
-from pydantic import ValidationError
-
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import Settings
 from emostream.workers.kafka_config import kafka_python_options
+from kafka import KafkaConsumer, TopicPartition
+from pydantic import ValidationError
 
-__all__ = ["BadResult", "TailFilter", "default_since_ms", "format_event", "iter_events", "make_tail_consumer"]
+__all__ = [
+    "BadResult",
+    "TailFilter",
+    "default_since_ms",
+    "format_event",
+    "iter_events",
+    "make_tail_consumer",
+]
 
 CLOCK_SKEW_ALLOWANCE_MS = 2_000  # results stamped this much before tail started still count as new
 POLL_TIMEOUT_MS = 200
@@ -41,7 +47,9 @@ class BadResult:
 @dataclass(frozen=True)
 class TailFilter:
     stream_id: str | None = None  # only events of this stream (EmotionEvent.stream_id); None = all
-    since_ms: int | None = None  # only records with a timestamp (Unix ms) at or after this; None = all
+    since_ms: int | None = (
+        None  # only records with a timestamp (Unix ms) at or after this; None = all
+    )
 
 
 def make_tail_consumer(settings: Settings, *, topic: str, wait_s: float) -> KafkaConsumer:
@@ -63,7 +71,9 @@ def make_tail_consumer(settings: Settings, *, topic: str, wait_s: float) -> Kafk
         partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         consumer.close()
-        raise LookupError(f"topic {topic!r} not found at {settings.kafka.bootstrap_servers} within {wait_s:.0f} s")
+        raise LookupError(
+            f"topic {topic!r} not found at {settings.kafka.bootstrap_servers} within {wait_s:.0f} s"
+        )
     assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
     consumer.assign(assigned)
     for partition in assigned:

@@ -10,12 +10,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from emostream.schemas.settings import KafkaSettings, Settings
+from emostream.workers.kafka_config import kafka_python_options
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
-
-from emostream.schemas.settings import KafkaSettings, Settings
-from emostream.workers.kafka_config import kafka_python_options
 
 __all__ = ["TopicError", "TopicSpec", "ensure_topics", "stack_topics", "topic_partitions"]
 
@@ -38,7 +37,10 @@ def stack_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic the pipeline uses: audio, segments, emotions, alerts, dead letters."""
     topics = settings.topics
     names = (topics.audio, topics.segments, topics.emotions, topics.alerts, topics.dead_letters)
-    return [TopicSpec(name, topics.partitions, topics.replication_factor) for name in dict.fromkeys(names)]
+    return [
+        TopicSpec(name, topics.partitions, topics.replication_factor)
+        for name in dict.fromkeys(names)
+    ]
 
 
 def topic_partitions(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
@@ -50,7 +52,9 @@ def topic_partitions(admin: KafkaAdminClient, names: list[str]) -> dict[str, int
     return found
 
 
-def ensure_topics(kafka: KafkaSettings, specs: list[TopicSpec], *, timeout_s: float = METADATA_WAIT_S) -> dict[str, int]:
+def ensure_topics(
+    kafka: KafkaSettings, specs: list[TopicSpec], *, timeout_s: float = METADATA_WAIT_S
+) -> dict[str, int]:
     """Create missing topics, wait until metadata lists them all; return name -> partition count."""
     if not specs:
         return {}
@@ -60,7 +64,9 @@ def ensure_topics(kafka: KafkaSettings, specs: list[TopicSpec], *, timeout_s: fl
         existing = topic_partitions(admin, list(wanted))
         missing = [spec for name, spec in wanted.items() if name not in existing]
         if missing:
-            new_topics = [NewTopic(spec.name, spec.partitions, spec.replication_factor) for spec in missing]
+            new_topics = [
+                NewTopic(spec.name, spec.partitions, spec.replication_factor) for spec in missing
+            ]
             try:
                 admin.create_topics(new_topics, raise_errors=True)
             except TopicAlreadyExistsError:

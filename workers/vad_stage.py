@@ -176,7 +176,9 @@ class VadStage:
         self.params = stream_params(ctx.settings.vad)
         self._streams: dict[str, _Stream] = {}
         self._recent: OrderedDict[str, tuple[TP, StreamCheckpoint]] = OrderedDict()
+        self._waiting: dict[str, list[tuple[EventT, int]]] = {}  # stream id -> records held until Redis answers
         self._writer = CheckpointWriter(ctx)
+        self._processed = ctx.metrics.chunks.labels("processed")
 
     def register(self) -> None:
         app = self.ctx.app
@@ -191,27 +193,49 @@ class VadStage:
         app.on_partitions_revoked.connect(self._on_revoked)
 
     def health(self) -> dict[str, object]:
-        return {"streams": len(self._streams), "held_chunks": self._writer.held_events}
+        return {"streams": len(self._streams), "held_chunks": self._writer.held_events,
+                "streams_waiting_for_redis": len(self._waiting)}
 
     async def on_event(self, event: EventT) -> None:
+        """One audio record. A record that breaks processing is dead-lettered; the worker goes on."""
+        try:
+            await self._on_event(event, received_at_ms=now_ms())
+        except Exception as error:  # a defect, not bad input: keep the worker and the other streams going
+            message = event.message
+            log.exception("audio record %s[%d]@%d failed", message.topic, message.partition, message.offset)
+            await self._dead_letter_and_ack(event, f"processing failed: {type(error).__name__}: {error}")
+
+    async def _on_event(self, event: EventT, *, received_at_ms: int) -> None:
         message = event.message
-        received_at_ms = now_ms()
         try:
             header = AudioChunkHeader.from_kafka(message.key, message.headers)
         except RecordError as error:
             await self._dead_letter_and_ack(event, str(error))
             return
-        stream = self._streams.get(header.stream_id)
+        stream_id = header.stream_id
+        if stream_id in self._waiting:  # its checkpoint could not be read yet: keep the order
+            self._waiting[stream_id].append((event, received_at_ms))
+            return
+        stream = self._streams.get(stream_id)
         if stream is None:
-            stream = await self._open(header, message.tp)
+            opened = await self._open(header, message.tp)
+            if opened is None:
+                self._waiting[stream_id] = [(event, received_at_ms)]
+                return
+            stream = opened
+        await self._feed(stream, header, event, received_at_ms)
+
+    async def _feed(self, stream: "_Stream", header: AudioChunkHeader, event: EventT, received_at_ms: int) -> None:
+        stream_id = header.stream_id
+        message = event.message
         stream.last_active_s = time.monotonic()
         try:
             samples = decode_to_s16(message.value or b"", header.encoding)
         except RecordError as error:
-            reason = f"stream {header.stream_id}, chunk {header.seq}: {error}"
+            reason = f"stream {stream_id}, chunk {header.seq}: {error}"
             stream.deliveries.append(await self.ctx.dead_letters.send(event, reason))
             self.ctx.metrics.chunks.labels("lost").inc()
-            await self._handle(header.stream_id, stream, stream.state.lost(header.seq, event))
+            await self._handle(stream_id, stream, stream.state.lost(header.seq, event))
             return
         chunk = Chunk(
             seq=header.seq,
@@ -221,42 +245,57 @@ class VadStage:
             received_at_ms=received_at_ms,
         )
         result = stream.state.accept(chunk, event)
-        self.ctx.metrics.chunks.labels("processed").inc(1 - result.dropped_duplicate - result.dropped_late)
-        await self._handle(header.stream_id, stream, result)
+        if not (result.dropped_duplicate or result.dropped_late):
+            self._processed.inc()
+        await self._handle(stream_id, stream, result)
 
-    async def _open(self, header: AudioChunkHeader, tp: TP) -> _Stream:
-        """State of a stream new to this worker: from its stored checkpoint (see module docstring)."""
+    async def _open(self, header: AudioChunkHeader, tp: TP) -> _Stream | None:
+        """State of a stream new to this worker, from its checkpoint; None while that cannot be read."""
         checkpoint: StreamCheckpoint | None = None
         recent = self._recent.pop(header.stream_id, None)
         if recent is not None and recent[0] == tp:
             checkpoint = recent[1]
-        while checkpoint is None:
+        else:
             try:
                 text = await self.ctx.store.load_checkpoint(header.stream_id)
                 checkpoint = StreamCheckpoint.from_json(text) if text else None
-                break
             except StoreUnavailable as error:
-                if header.seq == 0:
-                    log.warning("%s; seq 0: the stream starts fresh", error)
-                    break
-                log.warning("%s; waiting for Redis before resuming this stream", error)
-                await asyncio.sleep(self.ctx.settings.redis.retry_interval_s)
+                if header.seq != 0:
+                    log.warning("%s; the stream waits for Redis (its chunks stay unacknowledged)", error)
+                    return None
+                log.warning("%s; seq 0: nothing before it to resume, the stream starts fresh", error)
             except RecordError as error:
                 log.error("%s; the stream starts fresh", error)
-                break
         stream = _Stream(StreamState(header.stream_id, self.params, checkpoint), tp, header.role, time.monotonic())
         self._streams[header.stream_id] = stream
         self.ctx.metrics.active_streams.set(len(self._streams))
         return stream
 
+    async def _retry_waiting(self) -> None:
+        """Streams whose checkpoint could not be read: try again, then replay their held records in order."""
+        for stream_id in list(self._waiting):
+            pending = self._waiting[stream_id]  # stays listed: the agent keeps appending in order
+            first = pending[0][0]
+            header = AudioChunkHeader.from_kafka(first.message.key, first.message.headers)
+            stream = await self._open(header, first.message.tp)
+            if stream is None:
+                continue
+            log.warning("stream %s: checkpoint read, replaying %d held chunks", stream_id, len(pending))
+            while pending:
+                event, received_at_ms = pending.pop(0)
+                await self._feed(stream, AudioChunkHeader.from_kafka(event.message.key, event.message.headers),
+                                 event, received_at_ms)
+            self._waiting.pop(stream_id, None)
+
     async def _handle(self, stream_id: str, stream: _Stream, result: StepResult[EventT]) -> None:
-        metrics = self.ctx.metrics
         for event in result.ack_now:
             event.ack()
-        metrics.chunks.labels("duplicate").inc(result.dropped_duplicate)
-        metrics.chunks.labels("late").inc(result.dropped_late)
-        metrics.gaps.labels("filled").inc(result.gaps_filled)
-        metrics.gaps.labels("closed").inc(result.gaps_closed)
+        if result.dropped_duplicate or result.dropped_late or result.gaps_filled or result.gaps_closed:
+            metrics = self.ctx.metrics
+            metrics.chunks.labels("duplicate").inc(result.dropped_duplicate)
+            metrics.chunks.labels("late").inc(result.dropped_late)
+            metrics.gaps.labels("filled").inc(result.gaps_filled)
+            metrics.gaps.labels("closed").inc(result.gaps_closed)
         if result.segments:
             stream.deliveries += await self._send_segments(stream_id, stream.role, result)
         if result.checkpoint is not None:
@@ -267,7 +306,6 @@ class VadStage:
             )
         if stream.state.finished and stream.state.held_tokens == 0:
             self._forget(stream_id)
-        metrics.held_chunks.set(self._writer.held_events + sum(s.state.held_tokens for s in self._streams.values()))
 
     async def _send_segments(self, stream_id: str, role: ChannelRole, result: StepResult[EventT]) -> list[Awaitable[Any]]:
         emitted_at_ms = now_ms()
@@ -306,6 +344,11 @@ class VadStage:
         self.ctx.metrics.active_streams.set(len(self._streams))
 
     async def _evict_idle(self) -> None:
+        metrics = self.ctx.metrics
+        metrics.redis_up.set(1 if self.ctx.store.available else 0)
+        metrics.held_chunks.set(self._writer.held_events + sum(s.state.held_tokens for s in self._streams.values()))
+        if self._waiting:
+            await self._retry_waiting()
         idle_s = self.ctx.settings.vad.idle_stream_timeout_s
         now = time.monotonic()
         for stream_id, stream in list(self._streams.items()):
@@ -321,6 +364,8 @@ class VadStage:
             self._streams.pop(stream_id, None)
         for stream_id in [s for s, (tp, _) in self._recent.items() if tp in revoked]:
             del self._recent[stream_id]
+        for stream_id in [s for s, held in self._waiting.items() if held[0][0].message.tp in revoked]:
+            self._waiting.pop(stream_id, None)
         self.ctx.metrics.active_streams.set(len(self._streams))
         log.info("partitions revoked %s: their streams will resume from checkpoints", sorted(revoked))
 

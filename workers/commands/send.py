@@ -22,40 +22,74 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("file", type=Path, help="the recording")
-    parser.add_argument("--stream-id", required=True, help="call id + channel, e.g. call-42:customer (the record key)")
-    parser.add_argument("--realtime", action="store_true", help="pace chunks in real time, as a live call")
-    parser.add_argument("--chunk-ms", type=int, default=20, help="audio per record, 10-1000 ms (default 20)")
     parser.add_argument(
-        "--encoding", choices=[encoding.value for encoding in AudioEncoding], default=AudioEncoding.S16LE.value,
+        "--stream-id",
+        required=True,
+        help="call id + channel, e.g. call-42:customer (the record key)",
+    )
+    parser.add_argument(
+        "--realtime", action="store_true", help="pace chunks in real time, as a live call"
+    )
+    parser.add_argument(
+        "--chunk-ms", type=int, default=20, help="audio per record, 10-1000 ms (default 20)"
+    )
+    parser.add_argument(
+        "--encoding",
+        choices=[encoding.value for encoding in AudioEncoding],
+        default=AudioEncoding.S16LE.value,
         help="sample encoding on the wire (default s16le)",
     )
     parser.add_argument(
-        "--rate", type=int, choices=SUPPORTED_SAMPLE_RATES_HZ, default=None, metavar="HZ",
+        "--rate",
+        type=int,
+        choices=SUPPORTED_SAMPLE_RATES_HZ,
+        default=None,
+        metavar="HZ",
         help="sample rate on the wire (default 16000 for s16le, 8000 for mulaw/alaw)",
     )
-    parser.add_argument("--role", choices=[role.value for role in ChannelRole], default=ChannelRole.CUSTOMER.value)
+    parser.add_argument(
+        "--role", choices=[role.value for role in ChannelRole], default=ChannelRole.CUSTOMER.value
+    )
     parser.add_argument("--topic", default=None, help="audio topic (default: settings)")
-    parser.add_argument("--bootstrap-servers", default=None, help="host:port[,host:port] (default: settings)")
+    parser.add_argument(
+        "--bootstrap-servers", default=None, help="host:port[,host:port] (default: settings)"
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from emostream.schemas.audio import AudioChunkHeader
     from emostream.schemas.settings import Settings
-    from emostream.workers.producer import AudioFileError, SendError, load_recording, make_audio_producer, send_recording
+    from emostream.workers.producer import (
+        AudioFileError,
+        SendError,
+        load_recording,
+        make_audio_producer,
+        send_recording,
+    )
+    from pydantic import ValidationError
 
     encoding = AudioEncoding(args.encoding)
-    sample_rate_hz = args.rate or (WIDEBAND_SAMPLE_RATE_HZ if encoding is AudioEncoding.S16LE else G711_SAMPLE_RATE_HZ)
+    sample_rate_hz = args.rate or (
+        WIDEBAND_SAMPLE_RATE_HZ if encoding is AudioEncoding.S16LE else G711_SAMPLE_RATE_HZ
+    )
     try:
         AudioChunkHeader(stream_id=args.stream_id, seq=0, rate=sample_rate_hz)
     except ValidationError:
-        print(f"emostream send: stream id {args.stream_id!r} not allowed: use 1-128 of A-Z a-z 0-9 . _ : @ / + -", file=sys.stderr)
+        print(
+            f"emostream send: stream id {args.stream_id!r} not allowed: use 1-128 of A-Z a-z 0-9 . _ : @ / + -",
+            file=sys.stderr,
+        )
         return 2
     settings = Settings()
     if args.bootstrap_servers:
-        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})})
+        settings = settings.model_copy(
+            update={
+                "kafka": settings.kafka.model_copy(
+                    update={"bootstrap_servers": args.bootstrap_servers}
+                )
+            }
+        )
     topic = args.topic or settings.topics.audio
     try:
         samples = load_recording(args.file, sample_rate_hz=sample_rate_hz)
@@ -65,8 +99,15 @@ def run(args: argparse.Namespace) -> int:
     producer = make_audio_producer(settings)
     try:
         report = send_recording(
-            producer, topic=topic, stream_id=args.stream_id, samples=samples, sample_rate_hz=sample_rate_hz,
-            encoding=encoding, role=ChannelRole(args.role), chunk_ms=args.chunk_ms, realtime=args.realtime,
+            producer,
+            topic=topic,
+            stream_id=args.stream_id,
+            samples=samples,
+            sample_rate_hz=sample_rate_hz,
+            encoding=encoding,
+            role=ChannelRole(args.role),
+            chunk_ms=args.chunk_ms,
+            realtime=args.realtime,
         )
     except (SendError, ValueError) as error:
         print(f"emostream send: {error}", file=sys.stderr)

@@ -17,23 +17,44 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--stream-id", default=None, help="only results of this stream")
     parser.add_argument("--json", action="store_true", help="one EmotionEvent JSON object per line")
-    parser.add_argument("--from-beginning", action="store_true", help="also results produced before tail started")
+    parser.add_argument(
+        "--from-beginning", action="store_true", help="also results produced before tail started"
+    )
     parser.add_argument("--max-events", type=int, default=None, help="exit after this many results")
-    parser.add_argument("--timeout-s", type=float, default=None, help="exit after this many seconds")
-    parser.add_argument("--idle-timeout-s", type=float, default=None, help="exit after this long without a result")
+    parser.add_argument(
+        "--timeout-s", type=float, default=None, help="exit after this many seconds"
+    )
+    parser.add_argument(
+        "--idle-timeout-s", type=float, default=None, help="exit after this long without a result"
+    )
     parser.add_argument("--topic", default=None, help="emotions topic (default: settings)")
-    parser.add_argument("--bootstrap-servers", default=None, help="host:port[,host:port] (default: settings)")
+    parser.add_argument(
+        "--bootstrap-servers", default=None, help="host:port[,host:port] (default: settings)"
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from emostream.schemas.settings import Settings
-    from emostream.workers.tail import BadResult, TailFilter, default_since_ms, format_event, iter_events, make_tail_consumer
+    from emostream.workers.tail import (
+        BadResult,
+        TailFilter,
+        default_since_ms,
+        format_event,
+        iter_events,
+        make_tail_consumer,
+    )
 
     since_ms = None if args.from_beginning else default_since_ms()
     settings = Settings()
     if args.bootstrap_servers:
-        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})})
+        settings = settings.model_copy(
+            update={
+                "kafka": settings.kafka.model_copy(
+                    update={"bootstrap_servers": args.bootstrap_servers}
+                )
+            }
+        )
     topic = args.topic or settings.topics.emotions
     wait_s = args.timeout_s if args.timeout_s is not None else 30.0
     try:
@@ -44,9 +65,17 @@ def run(args: argparse.Namespace) -> int:
     printed = 0
     try:
         selection = TailFilter(stream_id=args.stream_id, since_ms=since_ms)
-        for item in iter_events(consumer, selection=selection, timeout_s=args.timeout_s, idle_timeout_s=args.idle_timeout_s):
+        for item in iter_events(
+            consumer,
+            selection=selection,
+            timeout_s=args.timeout_s,
+            idle_timeout_s=args.idle_timeout_s,
+        ):
             if isinstance(item, BadResult):
-                print(f"emostream tail: {topic} partition {item.partition} offset {item.offset}: not an EmotionEvent: {item.problem}", file=sys.stderr)
+                print(
+                    f"emostream tail: {topic} partition {item.partition} offset {item.offset}: not an EmotionEvent: {item.problem}",
+                    file=sys.stderr,
+                )
                 continue
             print(item.model_dump_json() if args.json else format_event(item), flush=True)
             printed += 1

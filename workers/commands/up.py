@@ -13,8 +13,12 @@ if TYPE_CHECKING:
     from emostream.schemas.settings import Settings
     from emostream.workers.stack import LocalStack
 
-DEFAULT_BROKER_PORT = 9092  # what `send` / `tail` use when EMOSTREAM_KAFKA__BOOTSTRAP_SERVERS is unset
-DEMO_RECORDING = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "speech.wav"  # in a checkout
+DEFAULT_BROKER_PORT = (
+    9092  # what `send` / `tail` use when EMOSTREAM_KAFKA__BOOTSTRAP_SERVERS is unset
+)
+DEMO_RECORDING = (
+    Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "speech.wav"
+)  # in a checkout
 DEMO_IDLE_S = 5.0  # after the recording is sent, stop waiting once no result came for this long
 DEMO_TIMEOUT_S = 120.0  # upper bound on waiting for results after the recording is sent
 WATCH_INTERVAL_S = 0.5
@@ -32,20 +36,56 @@ def register(subcommands: argparse._SubParsersAction) -> None:
             "recording through in real time and prints each result."
         ),
     )
-    parser.add_argument("--vad-workers", type=int, default=1, metavar="N", help="VAD stage processes (default 1)")
-    parser.add_argument("--inference-workers", type=int, default=1, metavar="N", help="inference processes (default 1)")
-    parser.add_argument("--plugin-workers", type=int, default=1, metavar="N", help="plugin-runner processes (default 1)")
     parser.add_argument(
-        "--demo", nargs="?", type=Path, const=DEMO_RECORDING, default=None, metavar="FILE",
+        "--vad-workers", type=int, default=1, metavar="N", help="VAD stage processes (default 1)"
+    )
+    parser.add_argument(
+        "--inference-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="inference processes (default 1)",
+    )
+    parser.add_argument(
+        "--plugin-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="plugin-runner processes (default 1)",
+    )
+    parser.add_argument(
+        "--demo",
+        nargs="?",
+        type=Path,
+        const=DEMO_RECORDING,
+        default=None,
+        metavar="FILE",
         help="stream this recording (default: the bundled tests/fixtures/speech.wav) and print each result",
     )
-    parser.add_argument("--exit-after-demo", action="store_true", help="stop everything once the demo's results are in")
-    parser.add_argument("--json", action="store_true", help="print demo results as EmotionEvent JSON lines")
-    parser.add_argument("--broker-port", type=int, default=None, help=f"default {DEFAULT_BROKER_PORT} if free, else any free port")
-    parser.add_argument("--redis-port", type=int, default=None, help="default: any free port")
-    parser.add_argument("--log-dir", type=Path, default=None, help="service and worker logs (default: a new temporary folder)")
     parser.add_argument(
-        "--external", action="store_true",
+        "--exit-after-demo",
+        action="store_true",
+        help="stop everything once the demo's results are in",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print demo results as EmotionEvent JSON lines"
+    )
+    parser.add_argument(
+        "--broker-port",
+        type=int,
+        default=None,
+        help=f"default {DEFAULT_BROKER_PORT} if free, else any free port",
+    )
+    parser.add_argument("--redis-port", type=int, default=None, help="default: any free port")
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="service and worker logs (default: a new temporary folder)",
+    )
+    parser.add_argument(
+        "--external",
+        action="store_true",
         help="start no broker / Redis: use EMOSTREAM_KAFKA__BOOTSTRAP_SERVERS and EMOSTREAM_REDIS__URL as they are",
     )
     parser.set_defaults(handler=run)
@@ -72,15 +112,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"emostream up: --{option.replace('_', '-')} must be 0 or more", file=sys.stderr)
             return 2
     if args.demo is not None and not args.demo.is_file():
-        hint = " (the bundled one exists only in a source checkout)" if args.demo == DEMO_RECORDING else ""
-        print(f"emostream up: demo recording {args.demo} not found{hint}; pass --demo FILE", file=sys.stderr)
+        hint = (
+            " (the bundled one exists only in a source checkout)"
+            if args.demo == DEMO_RECORDING
+            else ""
+        )
+        print(
+            f"emostream up: demo recording {args.demo} not found{hint}; pass --demo FILE",
+            file=sys.stderr,
+        )
         return 2
     broker_port = args.broker_port
     if broker_port is None and not args.external and port_is_free(DEFAULT_BROKER_PORT):
         broker_port = DEFAULT_BROKER_PORT
     stack = LocalStack(
         settings=Settings(),
-        counts=StackCounts(vad=args.vad_workers, inference=args.inference_workers, plugins=args.plugin_workers),
+        counts=StackCounts(
+            vad=args.vad_workers, inference=args.inference_workers, plugins=args.plugin_workers
+        ),
         log_dir=args.log_dir or Path(tempfile.mkdtemp(prefix="emostream-up-")),
         broker_port=broker_port,
         redis_port=args.redis_port,
@@ -94,9 +143,15 @@ def run(args: argparse.Namespace) -> int:
         _print_services(stack)
         stack.start_workers()
         for worker in stack.workers:
-            print(f"worker   {worker.name:<12} pid {worker.pid:<7} health {worker.health_url}", flush=True)
+            print(
+                f"worker   {worker.name:<12} pid {worker.pid:<7} health {worker.health_url}",
+                flush=True,
+            )
         stack.wait_healthy()
-        print(f"ready in {time.monotonic() - began:.1f} s (logs in {stack.log_dir}); Ctrl-C stops everything", flush=True)
+        print(
+            f"ready in {time.monotonic() - began:.1f} s (logs in {stack.log_dir}); Ctrl-C stops everything",
+            flush=True,
+        )
         if args.demo is not None:
             code = _run_demo(settings, args.demo, as_json=args.json)
             if args.exit_after_demo:
@@ -119,9 +174,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"emostream up: {error}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the shutdown
+        # a second Ctrl-C / SIGTERM must not interrupt the shutdown half-way
+        previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         signal.signal(signal.SIGTERM, previous_handler)
+        signal.signal(signal.SIGINT, previous_interrupt)
         print("stopped", file=sys.stderr, flush=True)
 
 
@@ -136,15 +194,24 @@ def _print_services(stack: "LocalStack") -> None:
         f"({topics.partitions} partitions each)",
         flush=True,
     )
-    print(f"clients  export EMOSTREAM_KAFKA__BOOTSTRAP_SERVERS={settings.kafka.bootstrap_servers} "
-          f"EMOSTREAM_REDIS__URL={settings.redis.url}", flush=True)
+    print(
+        f"clients  export EMOSTREAM_KAFKA__BOOTSTRAP_SERVERS={settings.kafka.bootstrap_servers} "
+        f"EMOSTREAM_REDIS__URL={settings.redis.url}",
+        flush=True,
+    )
 
 
 def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
     """Send `recording` in real time as one stream and print its results; 0 if any arrived."""
     from emostream.schemas.audio import AudioEncoding, ChannelRole
     from emostream.workers.producer import load_recording, make_audio_producer, send_recording
-    from emostream.workers.tail import BadResult, TailFilter, format_event, iter_events, make_tail_consumer
+    from emostream.workers.tail import (
+        BadResult,
+        TailFilter,
+        format_event,
+        iter_events,
+        make_tail_consumer,
+    )
 
     stream_id = f"demo-{int(time.time())}:customer"
     sample_rate_hz = 16_000
@@ -157,17 +224,25 @@ def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
         producer = make_audio_producer(settings)
         try:
             send_recording(
-                producer, topic=settings.topics.audio, stream_id=stream_id, samples=samples,
-                sample_rate_hz=sample_rate_hz, encoding=AudioEncoding.S16LE, role=ChannelRole.CUSTOMER,
+                producer,
+                topic=settings.topics.audio,
+                stream_id=stream_id,
+                samples=samples,
+                sample_rate_hz=sample_rate_hz,
+                encoding=AudioEncoding.S16LE,
+                role=ChannelRole.CUSTOMER,
                 realtime=True,
             )
-        except BaseException as error:  # reported by the main thread
+        except Exception as error:  # noqa: BLE001 (reported by the main thread)
             failure.append(error)
         finally:
             producer.close()
             sent.set()
 
-    print(f"demo     streaming {recording} ({len(samples) / sample_rate_hz:.1f} s) as stream {stream_id} in real time", flush=True)
+    print(
+        f"demo     streaming {recording} ({len(samples) / sample_rate_hz:.1f} s) as stream {stream_id} in real time",
+        flush=True,
+    )
     sender = threading.Thread(target=send, name="demo-sender", daemon=True)
     sender.start()
     results = 0
@@ -178,7 +253,10 @@ def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
         while True:
             for item in iter_events(consumer, selection=selection, timeout_s=0.5):
                 if isinstance(item, BadResult):
-                    print(f"demo: bad record on {settings.topics.emotions} at offset {item.offset}: {item.problem}", file=sys.stderr)
+                    print(
+                        f"demo: bad record on {settings.topics.emotions} at offset {item.offset}: {item.problem}",
+                        file=sys.stderr,
+                    )
                     continue
                 results += 1
                 last_result_at = time.monotonic()
@@ -196,7 +274,10 @@ def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
         consumer.close()
         sender.join(timeout=1.0)
     if not results:
-        print(f"demo: no result for stream {stream_id} within {DEMO_TIMEOUT_S:.0f} s after sending; see the worker logs", file=sys.stderr)
+        print(
+            f"demo: no result for stream {stream_id} within {DEMO_TIMEOUT_S:.0f} s after sending; see the worker logs",
+            file=sys.stderr,
+        )
         return 1
     print(f"demo     {results} results for stream {stream_id}", flush=True)
     return 0

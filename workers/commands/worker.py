@@ -18,6 +18,7 @@ __all__ = ["STAGES", "register", "register_stage", "run_worker"]
 STAGES: dict[str, str] = {
     "vad": "emostream.workers.vad_stage:build",
     "inference": "emostream.workers.inference_stage:build",
+    "plugins": "emostream.workers.plugin_stage:build",
 }
 
 
