@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import threading
@@ -34,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import redis
 import soundfile as sf
-
 from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.settings import Settings
 from emostream.workers.producer import encode_s16, make_audio_producer
@@ -228,6 +226,7 @@ def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str,
         time.sleep(max(1.0, args.duration_s - 2 * warmup_s))
         cpu_end = {name: cpu_seconds(pid) for name, pid in pids.items()}
         self_end, wall_end = time.process_time(), time.monotonic()
+        load_after = os.getloadavg()[0]  # other processes on the machine share the cores: say so
         sender.join()
         time.sleep(args.drain_s)
     finally:
@@ -278,6 +277,7 @@ def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str,
         "breakdown_p50_p95_ms": {part.removesuffix("_ms"): [round(percentile(v, 50), 1), round(percentile(v, 95), 1)]
                                  for part, v in sorted(results.breakdown.items())},
         "sender_late_p99_ms": round(1000 * percentile(lateness, 99), 1) if lateness else 0.0,
+        "load_average_1min": round(load_after, 2),
         "sustained": expected == matched and p95 - hangover_ms <= args.target_p95_ms,
         "hangover_ms": hangover_ms,
     }
@@ -315,7 +315,8 @@ def main() -> int:
                 f"CPU cores: vad {cpu['vad']:.2f} inference {cpu['inference']:.2f} broker+redis {cpu['broker+redis']:.2f} "
                 f"generator {cpu['load_generator']:.2f} | CPU per stream: workers "
                 f"{report['cpu_ms_per_stream_s']['workers']:.2f} ms/s, all {report['cpu_ms_per_stream_s']['all']:.2f} ms/s "
-                f"| sender late p99 {report['sender_late_p99_ms']} ms | parts p50/p95 ms {report['breakdown_p50_p95_ms']}",
+                f"| sender late p99 {report['sender_late_p99_ms']} ms | parts p50/p95 ms {report['breakdown_p50_p95_ms']} "
+                f"| load average {report['load_average_1min']}",
                 flush=True,
             )
     return 0

@@ -20,7 +20,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from emostream.plugins.decision import DecisionOptions, DecisionState
 from emostream.schemas.audio import ChannelRole
@@ -142,7 +142,7 @@ class Plugin(ABC, Generic[OptionsT]):
         self._decision = DecisionState(options.decision)
 
     @classmethod
-    def from_options(cls, raw: Mapping[str, Any] | None = None, *, name: str | None = None) -> Plugin[Any]:
+    def from_options(cls, raw: Mapping[str, Any] | None = None, *, name: str | None = None) -> Self:
         """Validate raw options (from JSON / entry-point config) and build the plugin.
 
         Raises PluginConfigError naming the plugin and each bad option.

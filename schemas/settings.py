@@ -8,7 +8,7 @@ Defaults are the local stack's (the embedded default); production changes them b
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,7 +56,7 @@ class RedisSettings(BaseModel):
 
 class VadSettings(BaseModel):
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode: 0 least, 3 most aggressive")
-    frame_ms: Literal[10, 20, 30] = 30
+    frame_ms: int = Field(30, description="webrtcvad frame: 10, 20 or 30")
     onset_ms: int = Field(150, ge=0, description="speech this long within the onset window starts a segment")
     hangover_ms: int = Field(300, ge=0, description="non-speech this long ends a segment")
     padding_ms: int = Field(150, ge=0, description="audio kept before the onset (and inside the hangover)")
@@ -68,6 +68,13 @@ class VadSettings(BaseModel):
     quiet_boundary_ms: int = Field(
         5_000, ge=0, description="in silence, a resume checkpoint after this much audio (bounds replay after a crash)"
     )
+
+    @field_validator("frame_ms")
+    @classmethod
+    def _webrtcvad_frame(cls, frame_ms: int) -> int:
+        if frame_ms not in (10, 20, 30):
+            raise ValueError(f"frame_ms {frame_ms} not supported by webrtcvad; use 10, 20 or 30")
+        return frame_ms
 
 
 class InferenceSettings(BaseModel):

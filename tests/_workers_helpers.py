@@ -24,7 +24,7 @@ UTTERANCES = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def espeak_utterance(text: str, voice: str = "en") -> np.ndarray:
     """`text` spoken by espeak-ng: int16 samples at 16 kHz (leading / trailing silence trimmed)."""
     binary = shutil.which("espeak-ng")

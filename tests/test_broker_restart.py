@@ -9,9 +9,9 @@ import time
 import pytest
 import redis
 import soundfile as sf
-
 from emostream.workers.producer import make_audio_producer
 from emostream.workers.result_store import result_key
+
 from tests._workers_helpers import require_model, send_chunks, wait_for
 
 SETTLE_S = 4.0  # let the workers notice the empty topics (their old offsets are now out of range)

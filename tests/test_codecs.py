@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.errors import RecordError
 from emostream.workers.codecs import (

@@ -12,11 +12,17 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import soundfile as sf
-
 from emostream.schemas.event import EmotionEvent
 from emostream.workers.producer import make_audio_producer
 from emostream.workers.result_store import result_key
-from tests._workers_helpers import metric_value, reference_segments, require_model, segment_headers, wait_for
+
+from tests._workers_helpers import (
+    metric_value,
+    reference_segments,
+    require_model,
+    segment_headers,
+    wait_for,
+)
 
 STREAMS = 6
 REPEATS = 3  # each stream: the fixture's 3 utterances, 3 times (~24 s of audio, 9 segments)
@@ -35,6 +41,7 @@ def _long_speech(speech_wav, lead_ms: int) -> np.ndarray:
 def _send_interleaved(settings, audio: dict[str, np.ndarray], stop: threading.Event) -> None:
     """All streams chunk by chunk, interleaved, paced at SEND_SPEEDUP x real time, each ending with eos."""
     from emostream.schemas.audio import AudioChunkHeader
+
     from tests._workers_helpers import chunked
 
     producer = make_audio_producer(settings)

@@ -6,12 +6,20 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
-
 from emostream.schemas.audio import SUPPORTED_SAMPLE_RATES_HZ
 from emostream.schemas.dead_letter import DeadLetter
 from emostream.workers.producer import make_audio_producer
-from tests._workers_helpers import reference_segments, require_model, segment_headers, send_chunks, wait_for
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from tests._workers_helpers import (
+    reference_segments,
+    require_model,
+    segment_headers,
+    send_chunks,
+    wait_for,
+)
 
 GOOD_HEADERS = {"v": "1", "seq": "0", "rate": "16000", "enc": "s16le"}
 BAD_STREAM_IDS = st.one_of(
@@ -125,9 +133,8 @@ def malformed_segment_record(draw) -> tuple[list[tuple[str, bytes]], bytes]:
 
 @pytest.mark.slow
 def test_malformed_segments_go_to_dead_letters_and_inference_continues(stack_settings, spawn_worker, read_topic):
-    from kafka import KafkaProducer
-
     from emostream.workers.kafka_config import kafka_python_options
+    from kafka import KafkaProducer
 
     settings = stack_settings
     require_model(settings)

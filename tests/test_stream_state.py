@@ -4,9 +4,15 @@ import random
 
 import numpy as np
 import pytest
-
 from emostream.model.vad import EndpointerParams
-from emostream.workers.stream_state import Chunk, StreamCheckpoint, StreamParams, StreamSegment, StreamState
+from emostream.workers.stream_state import (
+    Chunk,
+    StreamCheckpoint,
+    StreamParams,
+    StreamSegment,
+    StreamState,
+)
+
 from tests._workers_helpers import SPEECH_SAMPLE_RATE_HZ, chunked, spoken_stream
 
 CHUNK_MS = 20

@@ -10,12 +10,18 @@ import pytest
 import redis
 import soundfile as sf
 import soxr
-
 from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.event import EmotionEvent
 from emostream.workers.producer import make_audio_producer
 from emostream.workers.result_store import events_key, latest_key, result_key, results_channel
-from tests._workers_helpers import metric_value, require_model, segment_headers, send_chunks, wait_for
+
+from tests._workers_helpers import (
+    metric_value,
+    require_model,
+    segment_headers,
+    send_chunks,
+    wait_for,
+)
 
 START_TOLERANCE_MS = 300  # onset window + padding before the first voiced frame
 END_TOLERANCE_MS = 300  # padding kept after the last voiced frame
@@ -34,13 +40,16 @@ def test_speech_streams_become_results_in_redis_and_on_the_topic(
     pubsub = client.pubsub()
     pubsub.subscribe(results_channel(prefix))
     notices: list[dict] = []
+    stop_listening = threading.Event()
 
     def listen() -> None:
-        for message in pubsub.listen():
-            if message["type"] == "message":
+        while not stop_listening.is_set():
+            message = pubsub.get_message(timeout=0.2)
+            if message and message["type"] == "message":
                 notices.append(json.loads(message["data"]))
 
-    threading.Thread(target=listen, daemon=True).start()
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
 
     samples, rate_hz = sf.read(speech_fixture.path, dtype="int16")
     narrowband = soxr.resample(samples, rate_hz, 8_000).astype(np.int16)
@@ -83,6 +92,10 @@ def test_speech_streams_become_results_in_redis_and_on_the_topic(
     )
     assert all(r.key.decode() == EmotionEvent.model_validate_json(r.value).stream_id for r in records)
     wait_for(lambda: len(notices) >= len(streams) * len(utterances), timeout_s=10, what="pub/sub notices")
+    stop_listening.set()
+    listener.join()
+    pubsub.close()
+    assert {(n["stream_id"], n["segment_index"]) for n in notices} == {(s, i) for s in streams for i in range(len(utterances))}
 
     # a replayed segment (e.g. after an upstream crash) is a cache hit, not a second inference
     segments = read_topic(settings, settings.topics.segments, min_records=len(streams) * len(utterances), timeout_s=10)

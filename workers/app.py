@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import faust
-from faust.types import TopicT
-
 from emostream.schemas.settings import KafkaSettings, Settings
+from faust.types import TopicT
 
 if TYPE_CHECKING:
     from emostream.workers.dead_letters import DeadLetterSink
@@ -31,10 +30,10 @@ if TYPE_CHECKING:
 __all__ = [
     "StageTopics",
     "WorkerContext",
+    "broker_credentials",
+    "broker_urls",
     "create_app",
     "create_worker_context",
-    "broker_urls",
-    "broker_credentials",
     "declare_topics",
 ]
 

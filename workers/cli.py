@@ -17,6 +17,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "emostream.workers.commands.train",
     "emostream.workers.commands.worker",
     "emostream.workers.commands.report",
+    "emostream.workers.commands.up",
+    "emostream.workers.commands.send",
+    "emostream.workers.commands.tail",
 )
 
 

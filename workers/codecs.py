@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import soxr
-
 from emostream.schemas.audio import SUPPORTED_SAMPLE_RATES_HZ, AudioEncoding
 from emostream.schemas.errors import RecordError
 
@@ -22,14 +21,14 @@ TARGET_SAMPLE_RATE_HZ = 16_000  # what model.vad.Endpointer and the segments top
 INT16_FULL_SCALE = 32_768.0
 
 __all__ = [
-    "TARGET_SAMPLE_RATE_HZ",
     "ALAW_TO_S16",
     "MULAW_TO_S16",
+    "TARGET_SAMPLE_RATE_HZ",
     "DecodedChunk",
+    "decode_chunk",
     "decode_to_s16",
     "output_samples_before",
     "resample_s16",
-    "decode_chunk",
 ]
 
 

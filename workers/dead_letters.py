@@ -10,11 +10,10 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from faust.types import EventT, TopicT
-
 from emostream.schemas.dead_letter import DeadLetter
 from emostream.schemas.headers import headers_to_text
 from emostream.workers.metrics import WorkerMetrics
+from faust.types import EventT, TopicT
 
 __all__ = ["DeadLetterSink", "dead_letter_for"]
 

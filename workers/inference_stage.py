@@ -23,15 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from faust.types import EventT, StreamT
-
 from emostream.model.base import EmotionModel, Prediction
 from emostream.schemas.errors import RecordError
 from emostream.schemas.event import EmotionEvent, LatencyBreakdown
 from emostream.schemas.segment import SEGMENT_SAMPLE_RATE_HZ, SegmentHeader
 from emostream.workers.app import WorkerContext
+from faust.types import EventT, StreamT
 
-__all__ = ["InferenceStage", "build", "MIN_SEGMENT_SAMPLES"]
+__all__ = ["MIN_SEGMENT_SAMPLES", "InferenceStage", "build"]
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +203,8 @@ class InferenceStage:
 
 
 def build(ctx: WorkerContext) -> InferenceStage:
-    from emostream.model.registry import load_model
-
     import torch
+    from emostream.model.registry import load_model
 
     torch.set_num_threads(ctx.settings.inference.torch_threads)
     model = load_model(ctx.settings.inference.model)

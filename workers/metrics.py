@@ -12,9 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
-__all__ = ["WorkerMetrics", "MetricsServer"]
+__all__ = ["MetricsServer", "WorkerMetrics"]
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,11 @@ Guarantees
   the others are not affected.
 - At-least-once: a record's offset is acknowledged only when every plugin has delivered or
   dead-lettered it; faust commits the highest contiguous acknowledged offset, so a crash replays
-  what was in flight. A Redis ledger of delivered idempotency keys (per plugin) makes a replay skip
-  what a plugin already received, so a plugin sees duplicates only if Redis lost the ledger or the
-  crash hit between its delivery and the ledger write.
+  what was in flight. A Redis ledger of delivered idempotency keys (per plugin; one HMGET per event,
+  marks written in batches every `LEDGER_FLUSH_INTERVAL_S`) makes a replay skip what a plugin
+  already received, so a plugin sees duplicates only if Redis lost the ledger or the crash hit
+  within that interval after its delivery. Plugins with side effects should still deduplicate on
+  `event.idempotency_key` (the webhook sends it as `Idempotency-Key`).
 - Metrics per plugin (Prometheus, on the worker's /metrics), see `PluginMetrics`.
 
 Run it with `emostream worker plugins`; the plugins come from `EMOSTREAM_PLUGINS__CONFIG_PATH` /
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 STAGE_NAME = "plugins"
 AGENT_NAME = "emostream-plugins"
 LEDGER_SUFFIX = "delivered"
+LEDGER_FLUSH_INTERVAL_S = 0.05  # delivery marks are written in one pipeline this often
 
 class PluginMetrics:
     """Per-plugin metrics, on the worker's registry (so they appear on its /metrics)."""
@@ -122,53 +125,169 @@ class DeadLetterSink(Protocol):
 class DeliveryLedger(Protocol):
     """Which (plugin, idempotency key) pairs were delivered: lets a replay skip them."""
 
-    async def was_delivered(self, plugin_name: str, event: EmotionEvent) -> bool: ...
+    def delivered_to(self, event: EmotionEvent, plugin_names: Sequence[str]) -> asyncio.Future[set[str]]: ...
 
-    async def mark_delivered(self, plugin_name: str, event: EmotionEvent) -> None: ...
+    def mark_delivered(self, plugin_name: str, event: EmotionEvent) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class RedisDeliveryLedger:
-    """`emo:v1:{<stream id>}:delivered:<plugin>`: a hash, field `<segment index>/<model>@<version>`.
+    """`emo:v1:{<stream id>}:delivered`: a hash per stream, field `<plugin>/<segment>/<model>@<version>`.
 
+    Look-ups are coalesced: the HMGETs (one per event, all plugins at once) of the events read
+    while the previous batch was in flight go to Redis in one pipeline, so the consumer never waits
+    for Redis (a lane waits for its event's answer before delivering). Marks are buffered and
+    written every `flush_interval_s` in one pipeline (a crash loses at most that window: a few
+    duplicates).
     Redis trouble never blocks delivery: a failed look-up counts as "not delivered" (at-least-once).
     """
 
-    def __init__(self, redis: Any, *, key_prefix: str, ttl_s: int) -> None:
+    def __init__(self, redis: Any, *, key_prefix: str, ttl_s: int, flush_interval_s: float = LEDGER_FLUSH_INTERVAL_S) -> None:
         self._redis = redis
         self._key_prefix = key_prefix
         self._ttl_s = ttl_s
+        self._flush_interval_s = flush_interval_s
+        self._marks: dict[str, dict[str, int]] = {}  # key -> field -> delivered at (Unix ms)
+        self._flusher: asyncio.Task[None] | None = None
+        self._lookups: list[tuple[str, list[str], set[str], asyncio.Future[set[str]]]] = []
+        self._lookup_task: asyncio.Task[None] | None = None
 
-    def key(self, plugin_name: str, event: EmotionEvent) -> str:
-        return f"{self._key_prefix}:{{{event.stream_id}}}:{LEDGER_SUFFIX}:{plugin_name}"
+    def key(self, stream_id: str) -> str:
+        return f"{self._key_prefix}:{{{stream_id}}}:{LEDGER_SUFFIX}"
 
     @staticmethod
-    def field(event: EmotionEvent) -> str:
-        return f"{event.segment_index}/{event.model_name}@{event.model_version}"
+    def field(plugin_name: str, event: EmotionEvent) -> str:
+        return f"{plugin_name}/{event.segment_index}/{event.model_name}@{event.model_version}"
 
-    async def was_delivered(self, plugin_name: str, event: EmotionEvent) -> bool:
+    def delivered_to(self, event: EmotionEvent, plugin_names: Sequence[str]) -> asyncio.Future[set[str]]:
+        """A future of the plugins (of `plugin_names`) that already received `event`."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[set[str]] = loop.create_future()
+        if not plugin_names:
+            answer.set_result(set())
+            return answer
+        fields = [self.field(name, event) for name in plugin_names]
+        pending = self._marks.get(self.key(event.stream_id), {})
+        marked_here = {name for name, field in zip(plugin_names, fields) if field in pending}
+        self._lookups.append((self.key(event.stream_id), fields, marked_here, answer))
+        if self._lookup_task is None or self._lookup_task.done():
+            self._lookup_task = loop.create_task(self._run_lookups(list(plugin_names)), name="delivery-ledger-lookup")
+        return answer
+
+    async def _run_lookups(self, plugin_names: list[str]) -> None:
+        while self._lookups:
+            await asyncio.sleep(0)  # let the consumer add the events it already has
+            batch, self._lookups = self._lookups, []
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, fields, _marked, _answer in batch:
+                        pipe.hmget(key, fields)
+                    results = await pipe.execute()
+            except Exception as error:  # noqa: BLE001 - Redis down: deliver anyway
+                log.warning("delivery ledger look-up of %d event(s) failed (%s); delivering them", len(batch), error)
+                results = [[None] * len(fields) for _key, fields, _marked, _answer in batch]
+            for (_key, fields, marked, answer), found in zip(batch, results):
+                if not answer.done():
+                    names = [field.split("/", 1)[0] for field in fields]
+                    answer.set_result(marked | {name for name, value in zip(names, found) if value is not None})
+
+    def mark_delivered(self, plugin_name: str, event: EmotionEvent) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class RedisDeliveryLedger:
+    """`emo:v1:{<stream id>}:delivered`: a hash per stream, field `<plugin>/<segment>/<model>@<version>`.
+
+    Look-ups are coalesced: the HMGETs (one per event, all plugins at once) of the events read
+    while the previous batch was in flight go to Redis in one pipeline, so the consumer never waits
+    for Redis (a lane waits for its event's answer before delivering). Marks are buffered and
+    written every `flush_interval_s` in one pipeline (a crash loses at most that window: a few
+    duplicates).
+    Redis trouble never blocks delivery: a failed look-up counts as "not delivered" (at-least-once).
+    """
+
+    def __init__(self, redis: Any, *, key_prefix: str, ttl_s: int, flush_interval_s: float = LEDGER_FLUSH_INTERVAL_S) -> None:
+        self._redis = redis
+        self._key_prefix = key_prefix
+        self._ttl_s = ttl_s
+        self._flush_interval_s = flush_interval_s
+        self._marks: dict[str, dict[str, int]] = {}  # key -> field -> delivered at (Unix ms)
+        self._flusher: asyncio.Task[None] | None = None
+        self._lookups: list[tuple[str, list[str], set[str], asyncio.Future[set[str]]]] = []
+        self._lookup_task: asyncio.Task[None] | None = None
+
+    def key(self, stream_id: str) -> str:
+        return f"{self._key_prefix}:{{{stream_id}}}:{LEDGER_SUFFIX}"
+
+    @staticmethod
+    def field(plugin_name: str, event: EmotionEvent) -> str:
+        return f"{plugin_name}/{event.segment_index}/{event.model_name}@{event.model_version}"
+
+    async def delivered_to(self, event: EmotionEvent, plugin_names: Sequence[str]) -> set[str]:
+        if not plugin_names:
+            return set()
+        fields = [self.field(name, event) for name in plugin_names]
+        pending = self._marks.get(self.key(event.stream_id), {})
         try:
-            return bool(await self._redis.hexists(self.key(plugin_name, event), self.field(event)))
+            found = await self._redis.hmget(self.key(event.stream_id), fields)
         except Exception as error:  # noqa: BLE001 - Redis down: deliver anyway
             log.warning("delivery ledger look-up failed (%s); delivering %s again", error, event.idempotency_key)
-            return False
+            found = [None] * len(fields)
+        return {name for name, field, value in zip(plugin_names, fields, found) if value is not None or field in pending}
 
-    async def mark_delivered(self, plugin_name: str, event: EmotionEvent) -> None:
-        key = self.key(plugin_name, event)
+    def mark_delivered(self, plugin_name: str, event: EmotionEvent) -> None:
+        self._marks.setdefault(self.key(event.stream_id), {})[self.field(plugin_name, event)] = int(time.time() * 1000)
+
+    async def start(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever(), name="delivery-ledger")
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        marks, self._marks = self._marks, {}
+        if not marks:
+            return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, self.field(event), int(time.time() * 1000))
-                pipe.expire(key, self._ttl_s)
+                for key, fields in marks.items():
+                    pipe.hset(key, mapping=fields)
+                    pipe.expire(key, self._ttl_s)
                 await pipe.execute()
         except Exception as error:  # noqa: BLE001 - a lost ledger entry only costs a duplicate
-            log.warning("delivery ledger write failed (%s) for %s", error, event.idempotency_key)
+            log.warning("delivery ledger write of %d stream(s) failed: %s", len(marks), error)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval_s)
+            await self.flush()
 
 
 class _PendingEvent:
     """One record in flight: done when every plugin has delivered or dead-lettered it."""
 
-    def __init__(self, event: EmotionEvent, record: RecordRef, plugins_left: int, on_done: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        event: EmotionEvent,
+        record: RecordRef,
+        plugins_left: int,
+        on_done: Callable[[], Any],
+        already_delivered_to: asyncio.Future[set[str]] | None,
+    ) -> None:
         self.event = event
         self.record = record
+        self.already_delivered_to = already_delivered_to
         self._plugins_left = plugins_left
         self._on_done = on_done
 
@@ -248,7 +367,8 @@ class _PluginLane:
 
     async def _deliver(self, pending: _PendingEvent) -> None:
         event, plugin = pending.event, self.configured.plugin
-        if self._ledger is not None and await self._ledger.was_delivered(self.name, event):
+        already = await pending.already_delivered_to if pending.already_delivered_to is not None else set()
+        if self.name in already:  # a replay this plugin already received
             self._metrics.events.labels(self.name, "duplicate").inc()
             return
 
@@ -262,7 +382,7 @@ class _PluginLane:
         if outcome.ok:
             self._metrics.events.labels(self.name, "delivered").inc()
             if self._ledger is not None:
-                await self._ledger.mark_delivered(self.name, event)
+                self._ledger.mark_delivered(self.name, event)
             return
         self._metrics.events.labels(self.name, "dead_lettered").inc()
         reason = f"{outcome.error} (gave up after {outcome.attempts} attempt(s))"
@@ -315,6 +435,7 @@ class PluginDispatcher:
         self.plugins = list(plugins)
         self.context = context
         self.dead_letters = dead_letters
+        self._ledger = ledger
         settings = context.settings.plugins
         self._lanes = [
             _PluginLane(
@@ -340,6 +461,8 @@ class PluginDispatcher:
                     await configured.plugin.start(self.context)
                 except Exception as error:
                     raise RuntimeError(f"plugin {configured.name!r} failed to start: {error}") from error
+            if self._ledger is not None:
+                await self._ledger.start()
             self._started = True
             log.info("plugin stage: %s", ", ".join(repr(configured.name) for configured in self.plugins) or "no plugins")
 
@@ -350,7 +473,9 @@ class PluginDispatcher:
             if asyncio.iscoroutine(result):
                 await result
             return
-        pending = _PendingEvent(event, record, len(self._lanes), on_done)
+        names = [lane.name for lane in self._lanes]
+        already = self._ledger.delivered_to(event, names) if self._ledger is not None else None
+        pending = _PendingEvent(event, record, len(self._lanes), on_done, already)
         for lane in self._lanes:
             await lane.submit(pending)
 
@@ -372,6 +497,8 @@ class PluginDispatcher:
             log.warning("plugin stage: lanes not empty after %.1f s; unfinished events will be replayed", drain_timeout_s)
         for lane in self._lanes:
             await lane.cancel()
+        if self._ledger is not None:
+            await self._ledger.stop()
         for configured in self.plugins:
             try:
                 await configured.plugin.stop()
@@ -423,7 +550,7 @@ class PluginStage:
             configured,
             dead_letters=TopicDeadLetters(ctx.topics.dead_letters, ctx.metrics.dead_letters),
             context=PluginContext(settings=settings, redis=self.redis),
-            ledger=None,
+            ledger=RedisDeliveryLedger(self.redis, key_prefix=settings.redis.key_prefix, ttl_s=settings.plugins.delivered_ttl_s),
             metrics=PluginMetrics(ctx.metrics.registry),
         )
 

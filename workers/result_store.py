@@ -25,12 +25,11 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import RedisSettings
+from redis.exceptions import RedisError
 
-__all__ = ["ResultStore", "StoreUnavailable", "result_key", "latest_key", "events_key", "checkpoint_key"]
+__all__ = ["ResultStore", "StoreUnavailable", "checkpoint_key", "events_key", "latest_key", "result_key"]
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ class ResultStore:
                 for stream_id, index in keys:
                     pipe.get(result_key(self.prefix, stream_id, index))
                 raw = await pipe.execute()
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             self._mark_down("result look-up", error)
             return [None] * len(keys)
         found: list[EmotionEvent | None] = []
@@ -166,7 +165,7 @@ class ResultStore:
         try:
             await self._write(batch)
             return True
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             self._mark_down("result write", error)
             self._to_backlog(batch)
             return False
@@ -214,7 +213,7 @@ class ResultStore:
                     await self._write(batch)
                     for _ in batch:
                         self._backlog.popleft()
-            except (RedisError, OSError, asyncio.TimeoutError) as error:
+            except (TimeoutError, RedisError, OSError) as error:
                 self._mark_down("probe", error)
                 continue
             if not self.available:
@@ -229,7 +228,7 @@ class ResultStore:
         """The stream's checkpoint JSON, None if it has none; StoreUnavailable when Redis is down."""
         try:
             raw = await self._redis.get(checkpoint_key(self.prefix, stream_id))
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             self._mark_down("checkpoint read", error)
             raise StoreUnavailable(f"stream {stream_id}: checkpoint read from {self.settings.url} failed: {error}") from None
         return raw.decode() if isinstance(raw, bytes) else raw
@@ -250,6 +249,6 @@ class ResultStore:
                         client=pipe,
                     )
                 await pipe.execute()
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             self._mark_down("checkpoint write", error)
             raise StoreUnavailable(f"checkpoint write of {len(checkpoints)} streams to {self.settings.url} failed: {error}") from None

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Generic, TypeVar
 
 import numpy as np
-
 from emostream.model.vad import VAD_SAMPLE_RATE_HZ, Boundary, Endpointer, EndpointerParams
 from emostream.schemas.errors import RecordError
 from emostream.workers.codecs import output_samples_before, resample_s16
@@ -40,11 +39,11 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 __all__ = [
     "Chunk",
+    "StepResult",
+    "StreamCheckpoint",
     "StreamParams",
     "StreamPosition",
-    "StreamCheckpoint",
     "StreamSegment",
-    "StepResult",
     "StreamState",
 ]
 

@@ -35,8 +35,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from faust.types import TP, EventT, StreamT
-
 from emostream.model.vad import EndpointerParams
 from emostream.schemas.audio import AudioChunkHeader, ChannelRole
 from emostream.schemas.errors import RecordError
@@ -45,9 +43,16 @@ from emostream.schemas.settings import VadSettings
 from emostream.workers.app import WorkerContext
 from emostream.workers.codecs import decode_to_s16
 from emostream.workers.result_store import StoreUnavailable
-from emostream.workers.stream_state import Chunk, StepResult, StreamCheckpoint, StreamParams, StreamState
+from emostream.workers.stream_state import (
+    Chunk,
+    StepResult,
+    StreamCheckpoint,
+    StreamParams,
+    StreamState,
+)
+from faust.types import TP, EventT, StreamT
 
-__all__ = ["VadStage", "stream_params", "build"]
+__all__ = ["VadStage", "build", "stream_params"]
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,6 @@ def _load_builder(stage: str) -> Any:
 
 def run_worker(stage: str, *, create_topics: bool = True) -> int:
     import faust
-
     from emostream.schemas.settings import Settings
     from emostream.workers.app import create_worker_context
     from emostream.workers.metrics import MetricsServer
