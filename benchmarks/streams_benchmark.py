@@ -10,7 +10,7 @@ Printed per run:
 - latency from the end of an utterance (audio time) to its result in Redis (pub/sub notice
   received), p50 / p95 / p99, and the same minus the VAD hangover (the end-pointer must hear
   `hangover_ms` of silence before it may close a segment);
-- records lost: utterances without a result after the drain period (and results matching no
+- records lost: utterances without a result once results stopped arriving (and results matching no
   utterance);
 - CPU per stream: CPU seconds per second of the two workers (and of broker + Redis + the load
   generator) during the steady window, divided by N;
@@ -20,6 +20,7 @@ Usage: python benchmarks/streams_benchmark.py --streams 100,200,300 --duration-s
 """
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -35,7 +36,7 @@ import redis
 import soundfile as sf
 from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.settings import Settings
-from emostream.workers.producer import encode_s16, make_audio_producer
+from emostream.workers.producer import encode_s16
 from emostream.workers.result_store import results_channel
 from emostream.workers.services import RedisServer, TansuBroker
 from emostream.workers.stack import WorkerProcess
@@ -47,7 +48,9 @@ SPEECH_JSON = REPO / "tests" / "fixtures" / "speech.json"
 SAMPLE_RATE_HZ = 16_000
 CLOCK_TICKS_S = os.sysconf("SC_CLK_TCK")
 SEND_GROUPS = 10  # each chunk period is split into this many send bursts
-UTTERANCE_MARGIN_MS = 60  # the fixture's utterance boundaries are cut this much wider (espeak's soft edges)
+UTTERANCE_MARGIN_MS = (
+    60  # the fixture's utterance boundaries are cut this much wider (espeak's soft edges)
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,9 @@ def load_utterances() -> list[np.ndarray]:
     return pieces
 
 
-def plan_streams(count: int, duration_s: float, *, pause_s: tuple[float, float], seed: int) -> list[StreamPlan]:
+def plan_streams(
+    count: int, duration_s: float, *, pause_s: tuple[float, float], seed: int
+) -> list[StreamPlan]:
     """Per stream: pause, utterance, pause, utterance, ... until the duration (random, seeded)."""
     rng = random.Random(seed)
     speech = load_utterances()
@@ -103,8 +108,12 @@ def plan_streams(count: int, duration_s: float, *, pause_s: tuple[float, float],
             start = int(position_s * SAMPLE_RATE_HZ)
             placements.append((start, piece))
             # the speech itself (without the margins cut around it) is where the utterance is
-            utterances.append(Utterance(1000.0 * start / SAMPLE_RATE_HZ + UTTERANCE_MARGIN_MS,
-                                        1000.0 * (start + len(piece)) / SAMPLE_RATE_HZ - UTTERANCE_MARGIN_MS))
+            utterances.append(
+                Utterance(
+                    1000.0 * start / SAMPLE_RATE_HZ + UTTERANCE_MARGIN_MS,
+                    1000.0 * (start + len(piece)) / SAMPLE_RATE_HZ - UTTERANCE_MARGIN_MS,
+                )
+            )
             position_s = end_s + rng.uniform(*pause_s)
         plans.append(StreamPlan(f"bench-{seed}-{index:04d}:customer", placements, utterances))
     return plans
@@ -112,8 +121,12 @@ def plan_streams(count: int, duration_s: float, *, pause_s: tuple[float, float],
 
 @dataclass
 class Results:
-    received: list[tuple[str, int, float, float, float]] = field(default_factory=list)  # id, seg, start, end, wall
-    breakdown: dict[str, list[float]] = field(default_factory=dict)  # latency part -> ms (from the events)
+    received: list[tuple[str, int, float, float, float]] = field(
+        default_factory=list
+    )  # id, seg, start, end, wall
+    breakdown: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # latency part -> ms (from the events)
 
     def listen(self, url: str, channel: str, stop: threading.Event) -> None:
         client = redis.Redis.from_url(url)
@@ -124,7 +137,15 @@ class Results:
             if message and message["type"] == "message":
                 now = time.time()
                 event = json.loads(message["data"])
-                self.received.append((event["stream_id"], event["segment_index"], event["start_ms"], event["end_ms"], now))
+                self.received.append(
+                    (
+                        event["stream_id"],
+                        event["segment_index"],
+                        event["start_ms"],
+                        event["end_ms"],
+                        now,
+                    )
+                )
                 for part, value in (event.get("latency") or {}).items():
                     if value is not None:
                         self.breakdown.setdefault(part, []).append(value)
@@ -141,10 +162,53 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def send_streams(settings: Settings, plans: list[StreamPlan], *, chunk_ms: int, duration_s: float,
-                 encoding: AudioEncoding, origins: dict[str, float], lateness_s: list[float]) -> None:
-    """Real-time sender: chunk k of every stream when its audio is complete; then end of stream."""
-    producer = make_audio_producer(settings)
+def send_streams(
+    settings: Settings,
+    plans: list[StreamPlan],
+    *,
+    chunk_ms: int,
+    duration_s: float,
+    encoding: AudioEncoding,
+    origins: dict[str, float],
+    lateness_s: list[float],
+) -> None:
+    """Real-time sender: chunk k of every stream when its audio is complete; then end of stream.
+
+    Uses aiokafka (C record batches) rather than kafka-python, whose pure-Python CRC-32C costs
+    ~0.5 ms of CPU per 3 kB record here: the load generator shares the cores with the workers.
+    """
+    asyncio.run(
+        _send_streams(
+            settings,
+            plans,
+            chunk_ms=chunk_ms,
+            duration_s=duration_s,
+            encoding=encoding,
+            origins=origins,
+            lateness_s=lateness_s,
+        )
+    )
+
+
+async def _send_streams(
+    settings: Settings,
+    plans: list[StreamPlan],
+    *,
+    chunk_ms: int,
+    duration_s: float,
+    encoding: AudioEncoding,
+    origins: dict[str, float],
+    lateness_s: list[float],
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=5,
+    )
+    await producer.start()
     chunk_samples = SAMPLE_RATE_HZ * chunk_ms // 1000
     chunks = int(duration_s * 1000 // chunk_ms)
     groups = [plans[g::SEND_GROUPS] for g in range(SEND_GROUPS)]
@@ -156,17 +220,17 @@ def send_streams(settings: Settings, plans: list[StreamPlan], *, chunk_ms: int, 
     silence = {enc: encode_s16(np.zeros(chunk_samples, np.int16), enc) for enc in AudioEncoding}
     fixed = [("v", b"1"), ("rate", str(SAMPLE_RATE_HZ).encode()), ("enc", encoding.value.encode())]
     keys = {plan.stream_id: plan.stream_id.encode() for plan in plans}
+    pending = []
     for seq in range(chunks + 1):
         for g, group in enumerate(groups):
             due = began + (seq + 1) * chunk_ms / 1000 + g * chunk_ms / 1000 / SEND_GROUPS
             delay = due - time.time()
             if delay > 0:
-                time.sleep(delay)
+                await asyncio.sleep(delay)
             else:
                 lateness_s.append(-delay)
             eos = seq == chunks
-            # headers as AudioChunkHeader.to_kafka_headers() writes them, built by hand: the load
-            # generator shares the machine with the workers, so it must stay cheap
+            # headers as AudioChunkHeader.to_kafka_headers() writes them, built by hand to stay cheap
             headers = fixed + [("seq", str(seq).encode()), ("eos", b"true" if eos else b"false")]
             for plan in group:
                 if eos:
@@ -174,9 +238,16 @@ def send_streams(settings: Settings, plans: list[StreamPlan], *, chunk_ms: int, 
                 else:
                     samples = plan.chunk(seq * chunk_samples, chunk_samples)
                     value = silence[encoding] if samples is None else encode_s16(samples, encoding)
-                producer.send(topic, key=keys[plan.stream_id], value=value, headers=headers)
-    producer.flush()
-    producer.close()
+                pending.append(
+                    await producer.send(
+                        topic, key=keys[plan.stream_id], value=value, headers=headers
+                    )
+                )
+        if len(pending) > 10_000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+    await producer.stop()
 
 
 def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str, object]:
@@ -188,15 +259,23 @@ def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str,
     settings = Settings(
         kafka={"bootstrap_servers": broker.bootstrap_servers},
         redis={"url": redis_server.url},
-        topics={"partitions": args.partitions, "audio": f"audio.{tag}", "segments": f"segments.{tag}",
-                "emotions": f"emotions.{tag}", "alerts": f"alerts.{tag}", "dead_letters": f"dead.{tag}"},
+        topics={
+            "partitions": args.partitions,
+            "audio": f"audio.{tag}",
+            "segments": f"segments.{tag}",
+            "emotions": f"emotions.{tag}",
+            "alerts": f"alerts.{tag}",
+            "dead_letters": f"dead.{tag}",
+        },
         inference={"model": args.model, "batch_max": args.batch_max},
         observability={"log_level": "WARNING"},
         worker_id=tag,
     )
     ensure_topics(settings.kafka, stack_topics(settings))
     workers = [
-        WorkerProcess(stage, settings=settings, name=f"{stage}-{tag}", log_path=workdir / f"{stage}-{tag}.log")
+        WorkerProcess(
+            stage, settings=settings, name=f"{stage}-{tag}", log_path=workdir / f"{stage}-{tag}.log"
+        )
         for stage in ("vad", "inference")
     ]
     stop = threading.Event()
@@ -206,15 +285,33 @@ def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str,
             worker.start()
         for worker in workers:
             worker.wait_healthy(120)
-        listener = threading.Thread(target=results.listen, args=(redis_server.url, results_channel(settings.redis.key_prefix), stop), daemon=True)
+        listener = threading.Thread(
+            target=results.listen,
+            args=(redis_server.url, results_channel(settings.redis.key_prefix), stop),
+            daemon=True,
+        )
         listener.start()
-        plans = plan_streams(streams, args.duration_s, pause_s=(args.pause_min_s, args.pause_max_s), seed=streams)
+        plans = plan_streams(
+            streams, args.duration_s, pause_s=(args.pause_min_s, args.pause_max_s), seed=streams
+        )
         origins: dict[str, float] = {}
         lateness: list[float] = []
         encoding = AudioEncoding(args.encoding)
-        sender = threading.Thread(target=send_streams, args=(settings, plans, ), daemon=True,
-                                  kwargs=dict(chunk_ms=args.chunk_ms, duration_s=args.duration_s, encoding=encoding,
-                                              origins=origins, lateness_s=lateness))
+        sender = threading.Thread(
+            target=send_streams,
+            args=(
+                settings,
+                plans,
+            ),
+            daemon=True,
+            kwargs={
+                "chunk_ms": args.chunk_ms,
+                "duration_s": args.duration_s,
+                "encoding": encoding,
+                "origins": origins,
+                "lateness_s": lateness,
+            },
+        )
         pids = {w.name: w.pid for w in workers}
         pids["broker"] = broker.pid
         pids["redis"] = redis_server.pid
@@ -228,7 +325,16 @@ def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str,
         self_end, wall_end = time.process_time(), time.monotonic()
         load_after = os.getloadavg()[0]  # other processes on the machine share the cores: say so
         sender.join()
-        time.sleep(args.drain_s)
+        # drain: results still queued arrive late but are not lost; wait until none came for drain_s
+        last_count, quiet_since, drain_began = -1, time.monotonic(), time.monotonic()
+        while (
+            time.monotonic() - quiet_since < args.drain_s
+            and time.monotonic() - drain_began < args.max_drain_s
+        ):
+            if len(results.received) != last_count:
+                last_count, quiet_since = len(results.received), time.monotonic()
+            time.sleep(0.5)
+        drained_s = time.monotonic() - drain_began
     finally:
         stop.set()
         for worker in workers:
@@ -253,7 +359,9 @@ def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str,
         used: set[int] = set()
         for utterance in plan.utterances:
             expected += 1
-            hit = next((r for r in got if r[1] <= utterance.end_ms and r[2] >= utterance.start_ms), None)
+            hit = next(
+                (r for r in got if r[1] <= utterance.end_ms and r[2] >= utterance.start_ms), None
+            )
             if hit is None:
                 continue
             matched += 1
@@ -269,44 +377,91 @@ def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str,
         "lost": expected - matched,
         "unmatched_results": spurious,
         "latency_ms": {q: round(percentile(latencies_ms, q), 1) for q in (50, 95, 99)},
-        "beyond_hangover_ms": {q: round(percentile(latencies_ms, q) - hangover_ms, 1) for q in (50, 95, 99)},
-        "cpu_cores": {"workers": round(worker_cpu, 3), **{k: round(v, 3) for k, v in per_worker.items()},
-                      "broker+redis": round(infra_cpu, 3), "load_generator": round(generator_cpu, 3)},
-        "cpu_ms_per_stream_s": {"workers": round(1000 * worker_cpu / streams, 2),
-                                "all": round(1000 * (worker_cpu + infra_cpu + generator_cpu) / streams, 2)},
-        "breakdown_p50_p95_ms": {part.removesuffix("_ms"): [round(percentile(v, 50), 1), round(percentile(v, 95), 1)]
-                                 for part, v in sorted(results.breakdown.items())},
+        "beyond_hangover_ms": {
+            q: round(percentile(latencies_ms, q) - hangover_ms, 1) for q in (50, 95, 99)
+        },
+        "cpu_cores": {
+            "workers": round(worker_cpu, 3),
+            **{k: round(v, 3) for k, v in per_worker.items()},
+            "broker+redis": round(infra_cpu, 3),
+            "load_generator": round(generator_cpu, 3),
+        },
+        "cpu_ms_per_stream_s": {
+            "workers": round(1000 * worker_cpu / streams, 2),
+            "all": round(1000 * (worker_cpu + infra_cpu + generator_cpu) / streams, 2),
+        },
+        "breakdown_p50_p95_ms": {
+            part.removesuffix("_ms"): [round(percentile(v, 50), 1), round(percentile(v, 95), 1)]
+            for part, v in sorted(results.breakdown.items())
+        },
         "sender_late_p99_ms": round(1000 * percentile(lateness, 99), 1) if lateness else 0.0,
         "load_average_1min": round(load_after, 2),
+        "drained_s": round(drained_s, 1),
         "sustained": expected == matched and p95 - hangover_ms <= args.target_p95_ms,
         "hangover_ms": hangover_ms,
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams", default="100,200,300", help="comma-separated stream counts, one run each")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--streams", default="100,200,300", help="comma-separated stream counts, one run each"
+    )
     parser.add_argument("--duration-s", type=float, default=60.0, help="audio seconds per stream")
-    parser.add_argument("--chunk-ms", type=int, default=100, help="audio per record (gateways send 20-200 ms)")
+    parser.add_argument(
+        "--chunk-ms", type=int, default=100, help="audio per record (gateways send 20-200 ms)"
+    )
     parser.add_argument("--encoding", default="s16le", choices=[e.value for e in AudioEncoding])
-    parser.add_argument("--pause-min-s", type=float, default=4.0, help="shortest pause between utterances")
-    parser.add_argument("--pause-max-s", type=float, default=12.0, help="longest pause between utterances")
+    parser.add_argument(
+        "--pause-min-s", type=float, default=4.0, help="shortest pause between utterances"
+    )
+    parser.add_argument(
+        "--pause-max-s", type=float, default=12.0, help="longest pause between utterances"
+    )
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--batch-max", type=int, default=16)
-    parser.add_argument("--model", default="plb-ravdess8", help="registry name or checkpoint folder")
-    parser.add_argument("--drain-s", type=float, default=8.0, help="wait after the last chunk for late results")
-    parser.add_argument("--target-p95-ms", type=float, default=300.0, help="p95 beyond the hangover to call it sustained")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per run instead of text")
+    parser.add_argument(
+        "--batch-max", type=int, default=4, help="inference micro-batch (CPU: small is faster)"
+    )
+    parser.add_argument(
+        "--model", default="plb-ravdess8", help="registry name or checkpoint folder"
+    )
+    parser.add_argument(
+        "--drain-s",
+        type=float,
+        default=8.0,
+        help="after the last chunk, wait until no result came for this long",
+    )
+    parser.add_argument(
+        "--max-drain-s", type=float, default=180.0, help="give up waiting for results after this"
+    )
+    parser.add_argument(
+        "--target-p95-ms",
+        type=float,
+        default=300.0,
+        help="p95 beyond the hangover to call it sustained",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object per run instead of text"
+    )
     args = parser.parse_args()
-    print(f"# streams benchmark on {os.cpu_count()} CPUs: {args.duration_s:.0f} s per stream, chunks of {args.chunk_ms} ms "
-          f"{args.encoding}, pauses {args.pause_min_s}-{args.pause_max_s} s, model {args.model}", flush=True)
+    print(
+        f"# streams benchmark on {os.cpu_count()} CPUs: {args.duration_s:.0f} s per stream, chunks of {args.chunk_ms} ms "
+        f"{args.encoding}, pauses {args.pause_min_s}-{args.pause_max_s} s, model {args.model}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="emostream-bench-") as folder:
         for streams in [int(n) for n in args.streams.split(",")]:
             report = run_once(args, streams, Path(folder))
             if args.json:
                 print(json.dumps(report), flush=True)
                 continue
-            lat, beyond, cpu = report["latency_ms"], report["beyond_hangover_ms"], report["cpu_cores"]
+            lat, beyond, cpu = (
+                report["latency_ms"],
+                report["beyond_hangover_ms"],
+                report["cpu_cores"],
+            )
             print(
                 f"streams={streams:4d} sustained={'yes' if report['sustained'] else 'NO '} "
                 f"utterances={report['utterances']} lost={report['lost']} unmatched={report['unmatched_results']} | "
@@ -316,7 +471,7 @@ def main() -> int:
                 f"generator {cpu['load_generator']:.2f} | CPU per stream: workers "
                 f"{report['cpu_ms_per_stream_s']['workers']:.2f} ms/s, all {report['cpu_ms_per_stream_s']['all']:.2f} ms/s "
                 f"| sender late p99 {report['sender_late_p99_ms']} ms | parts p50/p95 ms {report['breakdown_p50_p95_ms']} "
-                f"| load average {report['load_average_1min']}",
+                f"| load average {report['load_average_1min']} | drained {report['drained_s']} s",
                 flush=True,
             )
     return 0

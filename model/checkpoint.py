@@ -68,3 +68,11 @@ def load_plb(folder: Path) -> tuple[PLBNet, ModelCard]:
 def torch_threads(count: int) -> None:
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
+
+
+def update_card(folder: Path, **fields: object) -> ModelCard:
+    """Rewrite a card's descriptive fields (metrics, notes, training); the weights stay as they are."""
+    card = read_card(folder).model_copy(update=fields)
+    ModelCard.model_validate(card.model_dump())  # re-validate the updated fields
+    (folder / CARD_FILE).write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
+    return card

@@ -79,7 +79,9 @@ class VadSettings(BaseModel):
 
 class InferenceSettings(BaseModel):
     model: str = Field("plb-ravdess8", description="name in the model registry (`emostream models`)")
-    batch_max: int = Field(16, ge=1, description="micro-batch size")
+    batch_max: int = Field(
+        4, ge=1, description="micro-batch size; on CPU a larger batch is not faster per segment, only later"
+    )
     batch_within_s: float = Field(0.02, gt=0, description="how long to wait to fill a micro-batch")
     torch_threads: int = Field(1, ge=1)
     executor_threads: int = Field(1, ge=1, description="threads running features + model off the event loop")

@@ -32,7 +32,9 @@ def espeak_utterance(text: str, voice: str = "en") -> np.ndarray:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no speech to stream")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "speech.wav"
-        subprocess.run([binary, "-v", voice, "-w", str(path), text], check=True, capture_output=True)
+        subprocess.run(
+            [binary, "-v", voice, "-w", str(path), text], check=True, capture_output=True
+        )
         samples, rate_hz = sf.read(path, dtype="int16")
     resampled = soxr.resample(samples, rate_hz, SPEECH_SAMPLE_RATE_HZ).astype(np.int16)
     voiced = np.flatnonzero(np.abs(resampled.astype(np.int32)) > 300)
@@ -47,7 +49,9 @@ class SpokenStream:
     utterances_ms: list[tuple[float, float]]  # (start_ms, end_ms) of each utterance
 
 
-def spoken_stream(texts: tuple[str, ...] = UTTERANCES, *, silence_ms: int = 1_500, lead_ms: int = 700) -> SpokenStream:
+def spoken_stream(
+    texts: tuple[str, ...] = UTTERANCES, *, silence_ms: int = 1_500, lead_ms: int = 700
+) -> SpokenStream:
     """Utterances with `silence_ms` of silence between them and `lead_ms` before the first."""
     rate = SPEECH_SAMPLE_RATE_HZ
     parts = [np.zeros(lead_ms * rate // 1000, dtype=np.int16)]
@@ -75,14 +79,34 @@ def reference_segments(samples_16k: np.ndarray, settings, *, chunk_ms: int = 20)
     pieces = chunked(samples_16k, SPEECH_SAMPLE_RATE_HZ * chunk_ms // 1000)
     segments = []
     for seq, piece in enumerate(pieces):
-        segments += state.accept(Chunk(seq=seq, samples=piece, sample_rate_hz=SPEECH_SAMPLE_RATE_HZ), token=seq).segments
-    segments += state.accept(Chunk(seq=len(pieces), samples=np.zeros(0, np.int16), sample_rate_hz=SPEECH_SAMPLE_RATE_HZ, end_of_stream=True), token=-1).segments
+        segments += state.accept(
+            Chunk(seq=seq, samples=piece, sample_rate_hz=SPEECH_SAMPLE_RATE_HZ), token=seq
+        ).segments
+    segments += state.accept(
+        Chunk(
+            seq=len(pieces),
+            samples=np.zeros(0, np.int16),
+            sample_rate_hz=SPEECH_SAMPLE_RATE_HZ,
+            end_of_stream=True,
+        ),
+        token=-1,
+    ).segments
     return segments
 
 
-def send_chunks(producer, *, topic: str, stream_id: str, samples: np.ndarray, sample_rate_hz: int = SPEECH_SAMPLE_RATE_HZ,
-                chunk_ms: int = 20, seqs: list[int] | None = None, eos: bool = True, encoding=None,
-                pace_s: float = 0.0) -> int:
+def send_chunks(
+    producer,
+    *,
+    topic: str,
+    stream_id: str,
+    samples: np.ndarray,
+    sample_rate_hz: int = SPEECH_SAMPLE_RATE_HZ,
+    chunk_ms: int = 20,
+    seqs: list[int] | None = None,
+    eos: bool = True,
+    encoding=None,
+    pace_s: float = 0.0,
+) -> int:
     """Send chunks (in the order of `seqs`, default all in order) and an end-of-stream record; returns chunks."""
     import time as _time
 
@@ -94,13 +118,25 @@ def send_chunks(producer, *, topic: str, stream_id: str, samples: np.ndarray, sa
     order = list(range(len(pieces))) if seqs is None else seqs
     key = stream_id.encode()
     for seq in order:
-        header = AudioChunkHeader(stream_id=stream_id, seq=seq, sample_rate_hz=sample_rate_hz, encoding=encoding)
-        producer.send(topic, key=key, value=encode_s16(pieces[seq], encoding), headers=header.to_kafka_headers())
+        header = AudioChunkHeader(
+            stream_id=stream_id, seq=seq, sample_rate_hz=sample_rate_hz, encoding=encoding
+        )
+        producer.send(
+            topic,
+            key=key,
+            value=encode_s16(pieces[seq], encoding),
+            headers=header.to_kafka_headers(),
+        )
         if pace_s:
             _time.sleep(pace_s)
     if eos:
-        header = AudioChunkHeader(stream_id=stream_id, seq=len(pieces), sample_rate_hz=sample_rate_hz, encoding=encoding,
-                                  end_of_stream=True)
+        header = AudioChunkHeader(
+            stream_id=stream_id,
+            seq=len(pieces),
+            sample_rate_hz=sample_rate_hz,
+            encoding=encoding,
+            end_of_stream=True,
+        )
         producer.send(topic, key=key, value=b"", headers=header.to_kafka_headers())
     producer.flush()
     return len(pieces)
@@ -131,7 +167,9 @@ def metric_value(worker, name: str, **labels: str) -> float:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5
+    ) as response:
         text = response.read().decode()
     total = 0.0
     for family in text_string_to_metric_families(text):

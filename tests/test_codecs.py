@@ -37,7 +37,11 @@ def test_g711_matches_audioop_where_available() -> None:
 
 
 def test_s16le_decodes_little_endian_and_rejects_a_cut_sample() -> None:
-    assert decode_to_s16(b"\x01\x00\xff\xff\x00\x80", AudioEncoding.S16LE).tolist() == [1, -1, -32768]
+    assert decode_to_s16(b"\x01\x00\xff\xff\x00\x80", AudioEncoding.S16LE).tolist() == [
+        1,
+        -1,
+        -32768,
+    ]
     with pytest.raises(RecordError, match="odd number of bytes"):
         decode_to_s16(b"\x01\x00\x02", AudioEncoding.S16LE)
 
@@ -53,7 +57,12 @@ def test_resampled_tone_keeps_its_pitch_and_stream_time(rate_hz: int) -> None:
     before = 0
     for start in range(0, len(samples), chunk_samples):
         piece = samples[start : start + chunk_samples]
-        chunk = decode_chunk(piece.tobytes(), encoding=AudioEncoding.S16LE, sample_rate_hz=rate_hz, input_samples_before=before)
+        chunk = decode_chunk(
+            piece.tobytes(),
+            encoding=AudioEncoding.S16LE,
+            sample_rate_hz=rate_hz,
+            input_samples_before=before,
+        )
         before += chunk.input_samples
         decoded.append(np.frombuffer(chunk.pcm_s16le, "<i2"))
     audio = np.concatenate(decoded).astype(float)
@@ -66,6 +75,8 @@ def test_resampled_tone_keeps_its_pitch_and_stream_time(rate_hz: int) -> None:
 
 def test_mulaw_chunk_of_8k_becomes_twice_as_many_16k_samples() -> None:
     value = bytes([0xFF, 0x80, 0x00] * 80)  # 240 samples, 30 ms at 8 kHz
-    chunk = decode_chunk(value, encoding=AudioEncoding.MULAW, sample_rate_hz=8_000, input_samples_before=0)
+    chunk = decode_chunk(
+        value, encoding=AudioEncoding.MULAW, sample_rate_hz=8_000, input_samples_before=0
+    )
     assert chunk.input_samples == 240
     assert chunk.samples == 480

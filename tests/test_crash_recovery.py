@@ -45,16 +45,28 @@ def _send_interleaved(settings, audio: dict[str, np.ndarray], stop: threading.Ev
     from tests._workers_helpers import chunked
 
     producer = make_audio_producer(settings)
-    pieces = {stream_id: chunked(samples, 16_000 * CHUNK_MS // 1000) for stream_id, samples in audio.items()}
+    pieces = {
+        stream_id: chunked(samples, 16_000 * CHUNK_MS // 1000)
+        for stream_id, samples in audio.items()
+    }
     began = time.monotonic()
     for seq in range(max(len(p) for p in pieces.values()) + 1):
         for stream_id, chunks in pieces.items():
             if seq > len(chunks):
                 continue
             piece = chunks[seq] if seq < len(chunks) else np.zeros(0, np.int16)
-            header = AudioChunkHeader(stream_id=stream_id, seq=seq, sample_rate_hz=16_000, end_of_stream=seq == len(chunks))
-            producer.send(settings.topics.audio, key=stream_id.encode(), value=piece.astype("<i2").tobytes(),
-                          headers=header.to_kafka_headers())
+            header = AudioChunkHeader(
+                stream_id=stream_id,
+                seq=seq,
+                sample_rate_hz=16_000,
+                end_of_stream=seq == len(chunks),
+            )
+            producer.send(
+                settings.topics.audio,
+                key=stream_id.encode(),
+                value=piece.astype("<i2").tobytes(),
+                headers=header.to_kafka_headers(),
+            )
         due = began + (seq + 1) * CHUNK_MS / 1000 / SEND_SPEEDUP
         time.sleep(max(0.0, due - time.monotonic()))
     producer.flush()
@@ -63,12 +75,20 @@ def _send_interleaved(settings, audio: dict[str, np.ndarray], stop: threading.Ev
 
 
 @pytest.mark.slow
-def test_kill_9_vad_and_inference_workers_mid_stream(make_stack_settings, spawn_worker, read_topic, speech_wav):
+def test_kill_9_vad_and_inference_workers_mid_stream(
+    make_stack_settings, spawn_worker, read_topic, speech_wav
+):
     settings = make_stack_settings(topics={"partitions": 2}, vad={"quiet_boundary_ms": 2_000})
     require_model(settings)
     stream_ids = [f"call-{i}:customer" for i in range(STREAMS)]
-    audio = {stream_id: _long_speech(speech_wav, i * LEAD_STEP_MS) for i, stream_id in enumerate(stream_ids)}
-    references = {stream_id: reference_segments(samples, settings, chunk_ms=CHUNK_MS) for stream_id, samples in audio.items()}
+    audio = {
+        stream_id: _long_speech(speech_wav, i * LEAD_STEP_MS)
+        for i, stream_id in enumerate(stream_ids)
+    }
+    references = {
+        stream_id: reference_segments(samples, settings, chunk_ms=CHUNK_MS)
+        for stream_id, samples in audio.items()
+    }
     assert all(len(reference) == 3 * REPEATS for reference in references.values())
 
     vad = spawn_worker("vad", settings, name="vad-1")
@@ -78,14 +98,28 @@ def test_kill_9_vad_and_inference_workers_mid_stream(make_stack_settings, spawn_
     sender.start()
 
     # kill -9 the VAD worker once some segments are out and others are open
-    wait_for(lambda: len(read_topic(settings, settings.topics.segments, min_records=STREAMS, timeout_s=1)) >= STREAMS,
-             timeout_s=30, what="first segments")
+    wait_for(
+        lambda: (
+            len(read_topic(settings, settings.topics.segments, min_records=STREAMS, timeout_s=1))
+            >= STREAMS
+        ),
+        timeout_s=30,
+        what="first segments",
+    )
     time.sleep(0.4)  # ~1.6 s of audio later: the next utterances are open
     vad.kill()
     vad_2 = spawn_worker("vad", settings, name="vad-2")
     # kill -9 the inference worker while results are flowing
-    wait_for(lambda: len(read_topic(settings, settings.topics.emotions, min_records=3 * STREAMS, timeout_s=1)) >= 3 * STREAMS,
-             timeout_s=60, what="results before the inference crash")
+    wait_for(
+        lambda: (
+            len(
+                read_topic(settings, settings.topics.emotions, min_records=3 * STREAMS, timeout_s=1)
+            )
+            >= 3 * STREAMS
+        ),
+        timeout_s=60,
+        what="results before the inference crash",
+    )
     inference.kill()
     spawn_worker("inference", settings, name="inference-2")
     sender.join(timeout=60)
@@ -94,16 +128,24 @@ def test_kill_9_vad_and_inference_workers_mid_stream(make_stack_settings, spawn_
     # segments: every index of the reference, and a replayed index is the very same segment
     total = sum(len(reference) for reference in references.values())
     records = wait_for(
-        lambda: (r := read_topic(settings, settings.topics.segments, min_records=total, timeout_s=2))
-        and len({(h.stream_id, h.segment_index) for h in segment_headers(r)}) >= total and r,
-        timeout_s=90, what="all segments",
+        lambda: (
+            (r := read_topic(settings, settings.topics.segments, min_records=total, timeout_s=2))
+            and len({(h.stream_id, h.segment_index) for h in segment_headers(r)}) >= total
+            and r
+        ),
+        timeout_s=90,
+        what="all segments",
     )
     by_stream: dict[str, dict[int, set]] = defaultdict(lambda: defaultdict(set))
     for record, header in zip(records, segment_headers(records)):
-        by_stream[header.stream_id][header.segment_index].add((header.start_ms, header.end_ms, bytes(record.value)))
+        by_stream[header.stream_id][header.segment_index].add(
+            (header.start_ms, header.end_ms, bytes(record.value))
+        )
     for stream_id in stream_ids:
         got = by_stream[stream_id]
-        assert all(len(versions) == 1 for versions in got.values()), f"{stream_id}: a replay changed a segment"
+        assert all(len(versions) == 1 for versions in got.values()), (
+            f"{stream_id}: a replay changed a segment"
+        )
         expected = [(s.index, s.start_ms, s.end_ms) for s in references[stream_id]]
         assert sorted((i, *next(iter(v))[:2]) for i, v in got.items()) == expected, stream_id
 
@@ -117,17 +159,28 @@ def test_kill_9_vad_and_inference_workers_mid_stream(make_stack_settings, spawn_
     prefix = settings.redis.key_prefix
 
     def all_results_stored() -> bool:
-        return all(client.exists(result_key(prefix, s, seg.index)) for s in stream_ids for seg in references[s])
+        return all(
+            client.exists(result_key(prefix, s, seg.index))
+            for s in stream_ids
+            for seg in references[s]
+        )
 
     wait_for(all_results_stored, timeout_s=90, what="every result in Redis")
     for stream_id in stream_ids:
         keys = client.keys(f"{prefix}:{{{stream_id}}}:seg:*")
         assert len(keys) == len(references[stream_id]), stream_id
         for segment in references[stream_id]:
-            event = EmotionEvent.model_validate_json(client.get(result_key(prefix, stream_id, segment.index)))
+            event = EmotionEvent.model_validate_json(
+                client.get(result_key(prefix, stream_id, segment.index))
+            )
             assert (event.start_ms, event.end_ms) == (segment.start_ms, segment.end_ms)
     # the emotions topic may carry a replayed result twice, but always under the same idempotency key
-    emotions = [EmotionEvent.model_validate_json(r.value) for r in read_topic(settings, settings.topics.emotions, min_records=total, timeout_s=10)]
+    emotions = [
+        EmotionEvent.model_validate_json(r.value)
+        for r in read_topic(settings, settings.topics.emotions, min_records=total, timeout_s=10)
+    ]
     assert {e.idempotency_key for e in emotions} == {
-        f"{s}/{seg.index}/{emotions[0].model_name}@{emotions[0].model_version}" for s in stream_ids for seg in references[s]
+        f"{s}/{seg.index}/{emotions[0].model_name}@{emotions[0].model_version}"
+        for s in stream_ids
+        for seg in references[s]
     }

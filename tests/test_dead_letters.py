@@ -23,7 +23,9 @@ from tests._workers_helpers import (
 
 GOOD_HEADERS = {"v": "1", "seq": "0", "rate": "16000", "enc": "s16le"}
 BAD_STREAM_IDS = st.one_of(
-    st.just(""), st.text(alphabet="{} \t\n", min_size=1, max_size=5), st.text(min_size=129, max_size=140, alphabet="ab")
+    st.just(""),
+    st.text(alphabet="{} \t\n", min_size=1, max_size=5),
+    st.text(min_size=129, max_size=140, alphabet="ab"),
 )
 
 
@@ -36,14 +38,35 @@ def malformed_audio_record(draw) -> tuple[bytes | None, list[tuple[str, bytes]],
     value = value[: len(value) - len(value) % 2]
     problem = draw(st.sampled_from(["key", "seq", "rate", "enc", "version", "eos", "odd", "ascii"]))
     if problem == "key":
-        key = draw(st.one_of(st.none(), st.binary(min_size=1, max_size=8).filter(lambda b: not _utf8(b)),
-                             BAD_STREAM_IDS.map(str.encode)))
+        key = draw(
+            st.one_of(
+                st.none(),
+                st.binary(min_size=1, max_size=8).filter(lambda b: not _utf8(b)),
+                BAD_STREAM_IDS.map(str.encode),
+            )
+        )
     elif problem == "seq":
-        headers["seq"] = draw(st.one_of(st.just(""), st.integers(max_value=-1).map(str), st.text(alphabet="xyz.", min_size=1, max_size=4)))
+        headers["seq"] = draw(
+            st.one_of(
+                st.just(""),
+                st.integers(max_value=-1).map(str),
+                st.text(alphabet="xyz.", min_size=1, max_size=4),
+            )
+        )
     elif problem == "rate":
-        headers["rate"] = str(draw(st.integers(min_value=-10, max_value=200_000).filter(lambda r: r not in SUPPORTED_SAMPLE_RATES_HZ)))
+        headers["rate"] = str(
+            draw(
+                st.integers(min_value=-10, max_value=200_000).filter(
+                    lambda r: r not in SUPPORTED_SAMPLE_RATES_HZ
+                )
+            )
+        )
     elif problem == "enc":
-        headers["enc"] = draw(st.text(alphabet="abcdefgh0123", min_size=1, max_size=6).filter(lambda e: e not in ("alaw",)))
+        headers["enc"] = draw(
+            st.text(alphabet="abcdefgh0123", min_size=1, max_size=6).filter(
+                lambda e: e not in ("alaw",)
+            )
+        )
     elif problem == "version":
         headers["v"] = str(draw(st.integers(min_value=2, max_value=99)))
     elif problem == "eos":
@@ -65,17 +88,23 @@ def _utf8(raw: bytes) -> bool:
 
 
 @pytest.mark.slow
-def test_malformed_audio_goes_to_dead_letters_and_good_audio_still_flows(stack_settings, spawn_worker, read_topic, speech_wav):
+def test_malformed_audio_goes_to_dead_letters_and_good_audio_still_flows(
+    stack_settings, spawn_worker, read_topic, speech_wav
+):
     settings = stack_settings
     spawn_worker("vad", settings)
     producer = make_audio_producer(settings)
     sent: dict[tuple[int, int], str] = {}
 
-    @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @hypothesis_settings(
+        max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
     @given(malformed_audio_record())
     def send_malformed(record) -> None:
         key, headers, value, problem = record
-        metadata = producer.send(settings.topics.audio, key=key, value=value, headers=headers).get(timeout=10)
+        metadata = producer.send(settings.topics.audio, key=key, value=value, headers=headers).get(
+            timeout=10
+        )
         sent[(metadata.partition, metadata.offset)] = problem
 
     send_malformed()
@@ -83,7 +112,9 @@ def test_malformed_audio_goes_to_dead_letters_and_good_audio_still_flows(stack_s
     send_chunks(producer, topic=settings.topics.audio, stream_id="call-good:agent", samples=samples)
     reference = reference_segments(samples, settings)
 
-    records = read_topic(settings, settings.topics.dead_letters, min_records=len(sent), timeout_s=30)
+    records = read_topic(
+        settings, settings.topics.dead_letters, min_records=len(sent), timeout_s=30
+    )
     letters = [DeadLetter.model_validate_json(record.value) for record in records]
     origins = {(letter.origin_partition, letter.origin_offset): letter for letter in letters}
     assert set(origins) == set(sent), "every malformed record, and nothing else, is dead-lettered"
@@ -93,22 +124,47 @@ def test_malformed_audio_goes_to_dead_letters_and_good_audio_still_flows(stack_s
     # reasons name the problem
     for origin, problem in sent.items():
         reason = origins[origin].reason
-        expected_words = {"seq": "seq", "rate": "sample rate", "version": "version", "odd": "odd number of bytes",
-                          "enc": "enc", "eos": "eos", "ascii": "not ASCII", "key": "key"}
+        expected_words = {
+            "seq": "seq",
+            "rate": "sample rate",
+            "version": "version",
+            "odd": "odd number of bytes",
+            "enc": "enc",
+            "eos": "eos",
+            "ascii": "not ASCII",
+            "key": "key",
+        }
         if problem != "key" or "stream_id" not in reason:
             assert expected_words[problem] in reason, (problem, reason)
 
     # the good stream still went through, after all the bad records
     good = wait_for(
-        lambda: [h for h in segment_headers(read_topic(settings, settings.topics.segments, min_records=len(reference), timeout_s=2))
-                 if h.stream_id == "call-good:agent"],
-        timeout_s=30, what="segments of the good stream",
+        lambda: [
+            h
+            for h in segment_headers(
+                read_topic(
+                    settings, settings.topics.segments, min_records=len(reference), timeout_s=2
+                )
+            )
+            if h.stream_id == "call-good:agent"
+        ],
+        timeout_s=30,
+        what="segments of the good stream",
     )
-    assert [(h.segment_index, h.start_ms, h.end_ms) for h in good] == [(s.index, s.start_ms, s.end_ms) for s in reference]
+    assert [(h.segment_index, h.start_ms, h.end_ms) for h in good] == [
+        (s.index, s.start_ms, s.end_ms) for s in reference
+    ]
 
 
 def _segment_headers(**overrides: str) -> list[tuple[str, bytes]]:
-    fields = {"v": "1", "stream_id": "call-dl:bot", "seg": "0", "start_ms": "0.0", "end_ms": "500.0", "rate": "16000"}
+    fields = {
+        "v": "1",
+        "stream_id": "call-dl:bot",
+        "seg": "0",
+        "start_ms": "0.0",
+        "end_ms": "500.0",
+        "rate": "16000",
+    }
     fields.update(overrides)
     return [(name, text.encode()) for name, text in fields.items() if text is not None]
 
@@ -132,7 +188,9 @@ def malformed_segment_record(draw) -> tuple[list[tuple[str, bytes]], bytes]:
 
 
 @pytest.mark.slow
-def test_malformed_segments_go_to_dead_letters_and_inference_continues(stack_settings, spawn_worker, read_topic):
+def test_malformed_segments_go_to_dead_letters_and_inference_continues(
+    stack_settings, spawn_worker, read_topic
+):
     from emostream.workers.kafka_config import kafka_python_options
     from kafka import KafkaProducer
 
@@ -142,19 +200,31 @@ def test_malformed_segments_go_to_dead_letters_and_inference_continues(stack_set
     producer = KafkaProducer(**kafka_python_options(settings.kafka, client_id="tests"), acks="all")
     sent: set[tuple[int, int]] = set()
 
-    @hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @hypothesis_settings(
+        max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
     @given(malformed_segment_record())
     def send_malformed(record) -> None:
         headers, value = record
-        metadata = producer.send(settings.topics.segments, key=b"call-dl:bot", value=value, headers=headers).get(timeout=10)
+        metadata = producer.send(
+            settings.topics.segments, key=b"call-dl:bot", value=value, headers=headers
+        ).get(timeout=10)
         sent.add((metadata.partition, metadata.offset))
 
     send_malformed()
     good_value = (np.sin(np.arange(16_000) / 5) * 3000).astype("<i2").tobytes()
-    producer.send(settings.topics.segments, key=b"call-dl:bot", value=good_value,
-                  headers=_segment_headers(seg="7", end_ms="1000.0")).get(timeout=10)
-    letters = [DeadLetter.model_validate_json(r.value)
-               for r in read_topic(settings, settings.topics.dead_letters, min_records=len(sent), timeout_s=30)]
+    producer.send(
+        settings.topics.segments,
+        key=b"call-dl:bot",
+        value=good_value,
+        headers=_segment_headers(seg="7", end_ms="1000.0"),
+    ).get(timeout=10)
+    letters = [
+        DeadLetter.model_validate_json(r.value)
+        for r in read_topic(
+            settings, settings.topics.dead_letters, min_records=len(sent), timeout_s=30
+        )
+    ]
     assert {(letter.origin_partition, letter.origin_offset) for letter in letters} == sent
     assert all(letter.stage == "inference" and "call-dl:bot" in letter.reason for letter in letters)
     results = read_topic(settings, settings.topics.emotions, min_records=1, timeout_s=30)

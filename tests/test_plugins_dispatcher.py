@@ -6,7 +6,14 @@ again on replay."""
 import asyncio
 from typing import ClassVar
 
-from emostream.plugins import CallbackPlugin, DeliveryPolicy, EmotionEvent, Plugin, PluginContext, PluginOptions
+from emostream.plugins import (
+    CallbackPlugin,
+    DeliveryPolicy,
+    EmotionEvent,
+    Plugin,
+    PluginContext,
+    PluginOptions,
+)
 from emostream.plugins.registry import ConfiguredPlugin
 from emostream.plugins.testing import make_event
 from emostream.schemas.dead_letter import DeadLetter

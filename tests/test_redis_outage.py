@@ -14,7 +14,9 @@ from tests._workers_helpers import require_model, send_chunks, wait_for
 
 
 def _health(worker) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/healthz", timeout=5) as response:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{worker.metrics_port}/healthz", timeout=5
+    ) as response:
         return json.loads(response.read())
 
 
@@ -39,7 +41,13 @@ def test_results_flow_during_a_redis_outage_and_cache_writes_resume(
             client.close()
 
     def on_topic(stream_id: str) -> list[EmotionEvent]:
-        records = read_topic(settings, settings.topics.emotions, stream_id=stream_id, min_records=segments, timeout_s=2)
+        records = read_topic(
+            settings,
+            settings.topics.emotions,
+            stream_id=stream_id,
+            min_records=segments,
+            timeout_s=2,
+        )
         return [EmotionEvent.model_validate_json(r.value) for r in records]
 
     send_chunks(producer, topic=settings.topics.audio, stream_id="before:user", samples=samples)
@@ -47,8 +55,11 @@ def test_results_flow_during_a_redis_outage_and_cache_writes_resume(
 
     restartable_redis.stop()
     send_chunks(producer, topic=settings.topics.audio, stream_id="during:user", samples=samples)
-    during = wait_for(lambda: len(on_topic("during:user")) >= segments and on_topic("during:user"), timeout_s=40,
-                      what="results on the topic while Redis is down")
+    during = wait_for(
+        lambda: len(on_topic("during:user")) >= segments and on_topic("during:user"),
+        timeout_s=40,
+        what="results on the topic while Redis is down",
+    )
     assert sorted(e.segment_index for e in during) == list(range(segments))
     assert _health(inference)["status"] == "degraded"
 

@@ -16,10 +16,14 @@ from emostream.workers.stream_state import (
 from tests._workers_helpers import SPEECH_SAMPLE_RATE_HZ, chunked, spoken_stream
 
 CHUNK_MS = 20
-PARAMS = StreamParams(endpointer=EndpointerParams(quiet_boundary_ms=1_000), max_gap_ms=500, max_reorder_chunks=8)
+PARAMS = StreamParams(
+    endpointer=EndpointerParams(quiet_boundary_ms=1_000), max_gap_ms=500, max_reorder_chunks=8
+)
 
 
-def as_chunks(samples: np.ndarray, *, chunk_ms: int = CHUNK_MS, rate_hz: int = SPEECH_SAMPLE_RATE_HZ) -> list[Chunk]:
+def as_chunks(
+    samples: np.ndarray, *, chunk_ms: int = CHUNK_MS, rate_hz: int = SPEECH_SAMPLE_RATE_HZ
+) -> list[Chunk]:
     pieces = chunked(samples, rate_hz * chunk_ms // 1000)
     return [
         Chunk(seq=i, samples=piece, sample_rate_hz=rate_hz, end_of_stream=i == len(pieces) - 1)
@@ -27,7 +31,9 @@ def as_chunks(samples: np.ndarray, *, chunk_ms: int = CHUNK_MS, rate_hz: int = S
     ]
 
 
-def run(chunks: list[Chunk], state: StreamState | None = None) -> tuple[list[StreamSegment], list, StreamState]:
+def run(
+    chunks: list[Chunk], state: StreamState | None = None
+) -> tuple[list[StreamSegment], list, StreamState]:
     state = state or StreamState("s", PARAMS)
     segments: list[StreamSegment] = []
     results = []
@@ -134,7 +140,9 @@ def test_tokens_are_released_only_behind_a_checkpoint(speech) -> None:
         result = state.accept(chunk, token=chunk.seq)
         released |= set(result.ack_now)
         if result.checkpoint is not None:
-            assert all(token < result.checkpoint.position.next_seq for token in result.ack_after_checkpoint)
+            assert all(
+                token < result.checkpoint.position.next_seq for token in result.ack_after_checkpoint
+            )
             released |= set(result.ack_after_checkpoint)
         # never released: a chunk the current resume point still needs
         assert not released & set(range(state.position.next_seq, len(chunks))) or state.finished

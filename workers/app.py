@@ -43,7 +43,11 @@ REQUEST_TIMEOUT_S = 15.0
 
 
 def broker_urls(kafka: KafkaSettings) -> list[str]:
-    return [f"kafka://{address.strip()}" for address in kafka.bootstrap_servers.split(",") if address.strip()]
+    return [
+        f"kafka://{address.strip()}"
+        for address in kafka.bootstrap_servers.split(",")
+        if address.strip()
+    ]
 
 
 def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:

@@ -64,7 +64,9 @@ def decode_to_s16(value: bytes, encoding: AudioEncoding) -> np.ndarray:
     """Raw chunk bytes -> int16 samples at the chunk's own rate. Raises RecordError on a torn sample."""
     if encoding is AudioEncoding.S16LE:
         if len(value) % 2:
-            raise RecordError(f"s16le audio has an odd number of bytes ({len(value)}): a sample is cut")
+            raise RecordError(
+                f"s16le audio has an odd number of bytes ({len(value)}): a sample is cut"
+            )
         return np.frombuffer(value, dtype="<i2").astype(np.int16, copy=False)
     codes = np.frombuffer(value, dtype=np.uint8)
     table = MULAW_TO_S16 if encoding is AudioEncoding.MULAW else ALAW_TO_S16
@@ -112,4 +114,6 @@ def decode_chunk(
     start = output_samples_before(input_samples_before, sample_rate_hz)
     end = output_samples_before(input_samples_before + len(samples), sample_rate_hz)
     resampled = resample_s16(samples, sample_rate_hz, end - start)
-    return DecodedChunk(pcm_s16le=resampled.astype("<i2", copy=False).tobytes(), input_samples=len(samples))
+    return DecodedChunk(
+        pcm_s16le=resampled.astype("<i2", copy=False).tobytes(), input_samples=len(samples)
+    )

@@ -29,8 +29,17 @@ def _safe_headers(headers: Any) -> dict[str, str]:
         return {str(name): (raw or b"").decode("utf-8", errors="replace") for name, raw in items}
 
 
-def dead_letter_for(*, stage: str, reason: str, topic: str, partition: int, offset: int, key: bytes | None,
-                    headers: Any, value: bytes | None) -> DeadLetter:
+def dead_letter_for(
+    *,
+    stage: str,
+    reason: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    headers: Any,
+    value: bytes | None,
+) -> DeadLetter:
     return DeadLetter(
         stage=stage,
         reason=reason[:MAX_REASON_CHARS],
@@ -60,10 +69,20 @@ class DeadLetterSink:
             topic=message.topic,
             partition=message.partition,
             offset=message.offset,
-            key=message.key if isinstance(message.key, (bytes, type(None))) else str(message.key).encode(),
+            key=message.key
+            if isinstance(message.key, (bytes, type(None)))
+            else str(message.key).encode(),
             headers=message.headers,
-            value=message.value if isinstance(message.value, (bytes, type(None))) else str(message.value).encode(),
+            value=message.value
+            if isinstance(message.value, (bytes, type(None)))
+            else str(message.value).encode(),
         )
-        log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, letter.reason)
+        log.warning(
+            "dead letter from %s[%d]@%d: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            letter.reason,
+        )
         self.metrics.dead_letters.inc()
         return await self.topic.send(key=message.key, value=letter.model_dump_json().encode())

@@ -64,10 +64,14 @@ def parse_segment(received: _Received) -> _Segment:
     value = received.value or b""
     where = f"stream {header.stream_id}, segment {header.segment_index}"
     if len(value) % 2:
-        raise RecordError(f"{where}: value has an odd number of bytes ({len(value)}); expected 16 kHz s16le")
+        raise RecordError(
+            f"{where}: value has an odd number of bytes ({len(value)}); expected 16 kHz s16le"
+        )
     samples = len(value) // 2
     if samples < MIN_SEGMENT_SAMPLES:
-        raise RecordError(f"{where}: {samples} samples is too short to be a segment (at least {MIN_SEGMENT_SAMPLES})")
+        raise RecordError(
+            f"{where}: {samples} samples is too short to be a segment (at least {MIN_SEGMENT_SAMPLES})"
+        )
     value_ms = 1000.0 * samples / SEGMENT_SAMPLE_RATE_HZ
     if abs(value_ms - header.duration_ms) > DURATION_TOLERANCE_MS:
         raise RecordError(
@@ -82,7 +86,8 @@ class InferenceStage:
         self.ctx = ctx
         self.model = model
         self._executor = ThreadPoolExecutor(
-            max_workers=ctx.settings.inference.executor_threads, thread_name_prefix="emostream-inference"
+            max_workers=ctx.settings.inference.executor_threads,
+            thread_name_prefix="emostream-inference",
         )
 
     def register(self) -> None:
@@ -92,7 +97,9 @@ class InferenceStage:
             def capture(value: Any) -> _Received:
                 event = stream.current_event
                 assert event is not None
-                return _Received(event, event.message.key, event.message.value, event.message.headers)
+                return _Received(
+                    event, event.message.key, event.message.value, event.message.headers
+                )
 
             stream.add_processor(capture)
             async for batch in stream.take(settings.batch_max, within=settings.batch_within_s):
@@ -115,10 +122,16 @@ class InferenceStage:
                 await self._dead_letter(received, str(error))
         if not segments:
             return
-        cached = await self.ctx.store.cached_results([(s.header.stream_id, s.header.segment_index) for s in segments])
+        cached = await self.ctx.store.cached_results(
+            [(s.header.stream_id, s.header.segment_index) for s in segments]
+        )
         todo: list[_Segment] = []
         for segment, hit in zip(segments, cached):
-            if hit is not None and hit.model_name == self.model.name and hit.model_version == self.model.version:
+            if (
+                hit is not None
+                and hit.model_name == self.model.name
+                and hit.model_version == self.model.version
+            ):
                 metrics.results.labels("cache_hit").inc()
             else:
                 todo.append(segment)
@@ -127,9 +140,12 @@ class InferenceStage:
         started = time.perf_counter()
         try:
             predictions = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.model.predict, [s.waveform for s in todo], SEGMENT_SAMPLE_RATE_HZ
+                self._executor,
+                self.model.predict,
+                [s.waveform for s in todo],
+                SEGMENT_SAMPLE_RATE_HZ,
             )
-        except Exception as error:  # one bad segment must not stop the stage: retry one by one
+        except Exception as error:  # noqa: BLE001 - one bad segment must not stop the stage: retry one by one
             log.warning("batch of %d failed (%s); retrying segment by segment", len(todo), error)
             predictions = await self._predict_one_by_one(todo)
         inference_ms = 1000.0 * (time.perf_counter() - started)
@@ -139,7 +155,9 @@ class InferenceStage:
             if prediction is not None
         ]
         deliveries = [
-            await self.ctx.topics.emotions.send(key=event.stream_id.encode(), value=event.model_dump_json().encode())
+            await self.ctx.topics.emotions.send(
+                key=event.stream_id.encode(), value=event.model_dump_json().encode()
+            )
             for event in events
         ]
         for delivery in deliveries:
@@ -164,13 +182,17 @@ class InferenceStage:
                     self._executor, self.model.predict, [segment.waveform], SEGMENT_SAMPLE_RATE_HZ
                 )
                 predictions.append(prediction)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - any model failure: dead-letter this segment, go on
                 where = f"stream {segment.header.stream_id}, segment {segment.header.segment_index}"
-                await self._dead_letter(segment.received, f"{where}: inference failed: {type(error).__name__}: {error}")
+                await self._dead_letter(
+                    segment.received, f"{where}: inference failed: {type(error).__name__}: {error}"
+                )
                 predictions.append(None)
         return predictions
 
-    def _event(self, segment: _Segment, prediction: Prediction, *, picked_at_ms: int, inference_ms: float) -> EmotionEvent:
+    def _event(
+        self, segment: _Segment, prediction: Prediction, *, picked_at_ms: int, inference_ms: float
+    ) -> EmotionEvent:
         header = segment.header
         emitted = header.emitted_at_ms
         created_at_ms = now_ms()
@@ -189,7 +211,9 @@ class InferenceStage:
             model_name=self.model.name,
             model_version=self.model.version,
             latency=LatencyBreakdown(
-                vad_ms=None if emitted is None or header.speech_end_at_ms is None else float(emitted - header.speech_end_at_ms),
+                vad_ms=None
+                if emitted is None or header.speech_end_at_ms is None
+                else float(emitted - header.speech_end_at_ms),
                 queue_ms=None if emitted is None else float(picked_at_ms - emitted),
                 inference_ms=inference_ms,
                 total_ms=None if speech_end is None else float(created_at_ms - speech_end),

@@ -37,14 +37,28 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.chunks = Counter(
-            "emostream_chunks", "audio chunks by outcome (processed, duplicate, late, lost)", ["outcome"], registry=r
+            "emostream_chunks",
+            "audio chunks by outcome (processed, duplicate, late, lost)",
+            ["outcome"],
+            registry=r,
         )
-        self.segments = Counter("emostream_segments", "speech segments emitted by the VAD stage", registry=r)
-        self.results = Counter("emostream_results", "results by outcome (inferred, cache_hit)", ["outcome"], registry=r)
-        self.dead_letters = Counter("emostream_dead_letters", "records sent to the dead-letter topic", registry=r)
-        self.gaps = Counter("emostream_gaps", "sequence gaps by handling (filled, closed)", ["handling"], registry=r)
+        self.segments = Counter(
+            "emostream_segments", "speech segments emitted by the VAD stage", registry=r
+        )
+        self.results = Counter(
+            "emostream_results", "results by outcome (inferred, cache_hit)", ["outcome"], registry=r
+        )
+        self.dead_letters = Counter(
+            "emostream_dead_letters", "records sent to the dead-letter topic", registry=r
+        )
+        self.gaps = Counter(
+            "emostream_gaps", "sequence gaps by handling (filled, closed)", ["handling"], registry=r
+        )
         self.checkpoints = Counter(
-            "emostream_checkpoint_writes", "VAD resume checkpoints by outcome (stored, failed)", ["outcome"], registry=r
+            "emostream_checkpoint_writes",
+            "VAD resume checkpoints by outcome (stored, failed)",
+            ["outcome"],
+            registry=r,
         )
         self.latency = Histogram(
             "emostream_latency_seconds",
@@ -53,11 +67,19 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.batch_size = Histogram("emostream_batch_size", "inference micro-batch sizes", buckets=BATCH_BUCKETS, registry=r)
-        self.active_streams = Gauge("emostream_active_streams", "streams with state in this worker", registry=r)
-        self.held_chunks = Gauge("emostream_held_chunks", "chunks not yet acknowledged (behind a checkpoint)", registry=r)
+        self.batch_size = Histogram(
+            "emostream_batch_size", "inference micro-batch sizes", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.active_streams = Gauge(
+            "emostream_active_streams", "streams with state in this worker", registry=r
+        )
+        self.held_chunks = Gauge(
+            "emostream_held_chunks", "chunks not yet acknowledged (behind a checkpoint)", registry=r
+        )
         self.redis_up = Gauge("emostream_redis_up", "1 while Redis answers", registry=r)
-        self.redis_backlog = Gauge("emostream_redis_backlog", "results waiting for Redis to come back", registry=r)
+        self.redis_backlog = Gauge(
+            "emostream_redis_backlog", "results waiting for Redis to come back", registry=r
+        )
         self.redis_up.set(1)
 
     def render(self) -> bytes:
@@ -67,7 +89,9 @@ class WorkerMetrics:
 class MetricsServer:
     """aiohttp server for /metrics and /healthz; `health` returns extra JSON fields for /healthz."""
 
-    def __init__(self, metrics: WorkerMetrics, *, host: str, port: int, health: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, metrics: WorkerMetrics, *, host: str, port: int, health: Callable[[], dict[str, Any]]
+    ) -> None:
         self.metrics = metrics
         self.host = host
         self.port = port
@@ -83,10 +107,15 @@ class MetricsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr,attr-defined]
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.warning("%s worker: metrics on http://%s:%d (/metrics, /healthz)", self.metrics.stage, self.host, self.port)
+        log.warning(
+            "%s worker: metrics on http://%s:%d (/metrics, /healthz)",
+            self.metrics.stage,
+            self.host,
+            self.port,
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -94,11 +123,17 @@ class MetricsServer:
             await self._runner.cleanup()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         details = {"stage": self.metrics.stage, **self.health()}
         if not self.ready:
-            return web.Response(status=503, text=json.dumps({"status": "starting", **details}), content_type="application/json")
+            return web.Response(
+                status=503,
+                text=json.dumps({"status": "starting", **details}),
+                content_type="application/json",
+            )
         status = "ok" if details.get("redis", "up") == "up" else "degraded"
         return web.json_response({"status": status, **details})

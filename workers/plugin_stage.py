@@ -152,7 +152,7 @@ class RedisDeliveryLedger:
         self._flush_interval_s = flush_interval_s
         self._marks: dict[str, dict[str, int]] = {}  # key -> field -> delivered at (Unix ms)
         self._flusher: asyncio.Task[None] | None = None
-        self._lookups: list[tuple[str, list[str], set[str], asyncio.Future[set[str]]]] = []
+        self._lookups: list[tuple[str, list[str], list[str], set[str], asyncio.Future[set[str]]]] = []
         self._lookup_task: asyncio.Task[None] | None = None
 
     def key(self, stream_id: str) -> str:
@@ -169,77 +169,30 @@ class RedisDeliveryLedger:
         if not plugin_names:
             answer.set_result(set())
             return answer
+        key = self.key(event.stream_id)
         fields = [self.field(name, event) for name in plugin_names]
-        pending = self._marks.get(self.key(event.stream_id), {})
-        marked_here = {name for name, field in zip(plugin_names, fields) if field in pending}
-        self._lookups.append((self.key(event.stream_id), fields, marked_here, answer))
+        buffered = self._marks.get(key, {})
+        marked_here = {name for name, field in zip(plugin_names, fields) if field in buffered}
+        self._lookups.append((key, list(plugin_names), fields, marked_here, answer))
         if self._lookup_task is None or self._lookup_task.done():
-            self._lookup_task = loop.create_task(self._run_lookups(list(plugin_names)), name="delivery-ledger-lookup")
+            self._lookup_task = loop.create_task(self._run_lookups(), name="delivery-ledger-lookup")
         return answer
 
-    async def _run_lookups(self, plugin_names: list[str]) -> None:
+    async def _run_lookups(self) -> None:
         while self._lookups:
             await asyncio.sleep(0)  # let the consumer add the events it already has
             batch, self._lookups = self._lookups, []
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, fields, _marked, _answer in batch:
+                    for key, _names, fields, _marked, _answer in batch:
                         pipe.hmget(key, fields)
                     results = await pipe.execute()
             except Exception as error:  # noqa: BLE001 - Redis down: deliver anyway
                 log.warning("delivery ledger look-up of %d event(s) failed (%s); delivering them", len(batch), error)
-                results = [[None] * len(fields) for _key, fields, _marked, _answer in batch]
-            for (_key, fields, marked, answer), found in zip(batch, results):
+                results = [[None] * len(item[2]) for item in batch]
+            for (_key, names, _fields, marked, answer), found in zip(batch, results):
                 if not answer.done():
-                    names = [field.split("/", 1)[0] for field in fields]
                     answer.set_result(marked | {name for name, value in zip(names, found) if value is not None})
-
-    def mark_delivered(self, plugin_name: str, event: EmotionEvent) -> None: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-class RedisDeliveryLedger:
-    """`emo:v1:{<stream id>}:delivered`: a hash per stream, field `<plugin>/<segment>/<model>@<version>`.
-
-    Look-ups are coalesced: the HMGETs (one per event, all plugins at once) of the events read
-    while the previous batch was in flight go to Redis in one pipeline, so the consumer never waits
-    for Redis (a lane waits for its event's answer before delivering). Marks are buffered and
-    written every `flush_interval_s` in one pipeline (a crash loses at most that window: a few
-    duplicates).
-    Redis trouble never blocks delivery: a failed look-up counts as "not delivered" (at-least-once).
-    """
-
-    def __init__(self, redis: Any, *, key_prefix: str, ttl_s: int, flush_interval_s: float = LEDGER_FLUSH_INTERVAL_S) -> None:
-        self._redis = redis
-        self._key_prefix = key_prefix
-        self._ttl_s = ttl_s
-        self._flush_interval_s = flush_interval_s
-        self._marks: dict[str, dict[str, int]] = {}  # key -> field -> delivered at (Unix ms)
-        self._flusher: asyncio.Task[None] | None = None
-        self._lookups: list[tuple[str, list[str], set[str], asyncio.Future[set[str]]]] = []
-        self._lookup_task: asyncio.Task[None] | None = None
-
-    def key(self, stream_id: str) -> str:
-        return f"{self._key_prefix}:{{{stream_id}}}:{LEDGER_SUFFIX}"
-
-    @staticmethod
-    def field(plugin_name: str, event: EmotionEvent) -> str:
-        return f"{plugin_name}/{event.segment_index}/{event.model_name}@{event.model_version}"
-
-    async def delivered_to(self, event: EmotionEvent, plugin_names: Sequence[str]) -> set[str]:
-        if not plugin_names:
-            return set()
-        fields = [self.field(name, event) for name in plugin_names]
-        pending = self._marks.get(self.key(event.stream_id), {})
-        try:
-            found = await self._redis.hmget(self.key(event.stream_id), fields)
-        except Exception as error:  # noqa: BLE001 - Redis down: deliver anyway
-            log.warning("delivery ledger look-up failed (%s); delivering %s again", error, event.idempotency_key)
-            found = [None] * len(fields)
-        return {name for name, field, value in zip(plugin_names, fields, found) if value is not None or field in pending}
 
     def mark_delivered(self, plugin_name: str, event: EmotionEvent) -> None:
         self._marks.setdefault(self.key(event.stream_id), {})[self.field(plugin_name, event)] = int(time.time() * 1000)
@@ -353,7 +306,17 @@ class _PluginLane:
             while queue:
                 pending = queue[0]
                 async with self._stream_slots:
-                    await self._deliver(pending)
+                    try:
+                        await self._deliver(pending)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as error:
+                        log.exception("plugin %r: delivering %s failed unexpectedly", self.name, pending.event.idempotency_key)
+                        await self._send_dead_letter(
+                            pending.record.dead_letter(
+                                stage=f"plugin:{self.name}", reason=f"plugin {self.name!r}: internal error: {error!r}"
+                            )
+                        )
                 queue.popleft()
                 async with self._room:
                     self._pending_events -= 1

@@ -23,13 +23,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import RedisSettings
 from redis.exceptions import RedisError
 
-__all__ = ["ResultStore", "StoreUnavailable", "checkpoint_key", "events_key", "latest_key", "result_key"]
+__all__ = [
+    "ResultStore",
+    "StoreUnavailable",
+    "checkpoint_key",
+    "events_key",
+    "latest_key",
+    "result_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +100,7 @@ def results_channel(prefix: str) -> str:
 
 def connect(settings: RedisSettings) -> aioredis.Redis:
     """An asyncio Redis client from settings (URL may carry user:password; rediss:// for TLS)."""
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout_s,
         "socket_connect_timeout": settings.socket_timeout_s,
         "health_check_interval": 0,
@@ -130,7 +138,12 @@ class ResultStore:
 
     def _mark_down(self, what: str, error: BaseException) -> None:
         if self.available:
-            log.warning("redis %s: %s failed (%s); results go to the topic, cache writes wait", self.settings.url, what, error)
+            log.warning(
+                "redis %s: %s failed (%s); results go to the topic, cache writes wait",
+                self.settings.url,
+                what,
+                error,
+            )
         self.available = False
         self._down_since = self._down_since or time.monotonic()
 
@@ -183,8 +196,13 @@ class ResultStore:
                         latest_key(self.prefix, stream_id),
                         events_key(self.prefix, stream_id),
                     ],
-                    args=[event.model_dump_json(), index, settings.result_ttl_s, settings.events_max_len,
-                          results_channel(self.prefix)],
+                    args=[
+                        event.model_dump_json(),
+                        index,
+                        settings.result_ttl_s,
+                        settings.events_max_len,
+                        results_channel(self.prefix),
+                    ],
                     client=pipe,
                 )
             await pipe.execute()
@@ -218,7 +236,9 @@ class ResultStore:
                 continue
             if not self.available:
                 down_s = time.monotonic() - (self._down_since or time.monotonic())
-                log.warning("redis %s is back after %.1f s; cache writes resumed", self.settings.url, down_s)
+                log.warning(
+                    "redis %s is back after %.1f s; cache writes resumed", self.settings.url, down_s
+                )
             self.available = True
             self._down_since = None
 
@@ -230,7 +250,9 @@ class ResultStore:
             raw = await self._redis.get(checkpoint_key(self.prefix, stream_id))
         except (TimeoutError, RedisError, OSError) as error:
             self._mark_down("checkpoint read", error)
-            raise StoreUnavailable(f"stream {stream_id}: checkpoint read from {self.settings.url} failed: {error}") from None
+            raise StoreUnavailable(
+                f"stream {stream_id}: checkpoint read from {self.settings.url} failed: {error}"
+            ) from None
         return raw.decode() if isinstance(raw, bytes) else raw
 
     async def save_checkpoints(self, checkpoints: dict[str, tuple[str, int, int]]) -> None:
@@ -251,4 +273,6 @@ class ResultStore:
                 await pipe.execute()
         except (TimeoutError, RedisError, OSError) as error:
             self._mark_down("checkpoint write", error)
-            raise StoreUnavailable(f"checkpoint write of {len(checkpoints)} streams to {self.settings.url} failed: {error}") from None
+            raise StoreUnavailable(
+                f"checkpoint write of {len(checkpoints)} streams to {self.settings.url} failed: {error}"
+            ) from None

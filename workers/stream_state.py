@@ -62,7 +62,9 @@ class Chunk:
 @dataclass(frozen=True)
 class StreamParams:
     endpointer: EndpointerParams = field(default_factory=EndpointerParams)
-    max_gap_ms: int = 1_000  # a gap up to this long is filled with silence; longer closes the segment
+    max_gap_ms: int = (
+        1_000  # a gap up to this long is filled with silence; longer closes the segment
+    )
     max_reorder_chunks: int = 50  # chunks held waiting for a missing one before declaring a gap
 
 
@@ -83,7 +85,9 @@ class StreamPosition:
 
     @property
     def stream_sample(self) -> int:
-        return self.anchor_sample + output_samples_before(self.anchor_input_samples, self.anchor_rate_hz)
+        return self.anchor_sample + output_samples_before(
+            self.anchor_input_samples, self.anchor_rate_hz
+        )
 
     def moved_by(self, input_samples: int, *, rate_hz: int) -> "StreamPosition":
         """The position `input_samples` at `rate_hz` later (re-anchored when the rate changes)."""
@@ -91,7 +95,9 @@ class StreamPosition:
         return replace(position, anchor_input_samples=position.anchor_input_samples + input_samples)
 
     def reanchored(self, rate_hz: int) -> "StreamPosition":
-        return replace(self, anchor_sample=self.stream_sample, anchor_input_samples=0, anchor_rate_hz=rate_hz)
+        return replace(
+            self, anchor_sample=self.stream_sample, anchor_input_samples=0, anchor_rate_hz=rate_hz
+        )
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,9 @@ class StreamState(Generic[Token]):
         self._endpointer = Endpointer(params.endpointer)
         self._endpointer.restart_at(start.boundary)
         self._buffer: dict[int, tuple[Chunk | None, Token]] = {}
-        self._held: list[tuple[int, Token]] = []  # (seq, token) processed or waiting since the checkpoint
+        self._held: list[
+            tuple[int, Token]
+        ] = []  # (seq, token) processed or waiting since the checkpoint
 
     @property
     def position(self) -> StreamPosition:
@@ -247,7 +255,9 @@ class StreamState(Generic[Token]):
         return result
 
     def _eos_waiting(self) -> bool:
-        return any(entry[0] is not None and entry[0].end_of_stream for entry in self._buffer.values())
+        return any(
+            entry[0] is not None and entry[0].end_of_stream for entry in self._buffer.values()
+        )
 
     def _process_next(self, result: StepResult[Token], *, force_gap: bool) -> None:
         """Process the lowest waiting seq (after a gap when it is not the expected one)."""
@@ -265,9 +275,13 @@ class StreamState(Generic[Token]):
         if boundary != boundary_before or self._finished:
             self._make_checkpoint(before, boundary, result)
 
-    def _skip_gap(self, missing_chunks: int, result: StepResult[Token], *, current: Chunk | None) -> None:
+    def _skip_gap(
+        self, missing_chunks: int, result: StepResult[Token], *, current: Chunk | None
+    ) -> None:
         position = self._position
-        chunk_input_samples = position.last_chunk_input_samples or (len(current.samples) if current else 0)
+        chunk_input_samples = position.last_chunk_input_samples or (
+            len(current.samples) if current else 0
+        )
         gap_input_samples = missing_chunks * chunk_input_samples
         gap_ms = 1000.0 * gap_input_samples / position.anchor_rate_hz
         self._position = position.moved_by(gap_input_samples, rate_hz=position.anchor_rate_hz)
@@ -276,9 +290,13 @@ class StreamState(Generic[Token]):
             return
         result.gaps_closed += 1
         received_at_ms = current.received_at_ms if current else None
-        result.segments.extend(self._segments(self._endpointer.flush(), received_at_ms=received_at_ms))
+        result.segments.extend(
+            self._segments(self._endpointer.flush(), received_at_ms=received_at_ms)
+        )
         emitted = self._endpointer.segments_emitted
-        self._endpointer.restart_at(Boundary(sample=self._position.stream_sample, segments_before=emitted))
+        self._endpointer.restart_at(
+            Boundary(sample=self._position.stream_sample, segments_before=emitted)
+        )
 
     def _process_chunk(self, chunk: Chunk, result: StepResult[Token]) -> None:
         position = self._position
@@ -289,20 +307,30 @@ class StreamState(Generic[Token]):
         end_sample = end_position.stream_sample
         pcm = resample_s16(chunk.samples, chunk.sample_rate_hz, end_sample - start_sample)
         reached = self._endpointer.samples_seen
-        if start_sample > reached:  # a filled gap (or a resume inside one): silence up to this chunk
-            self._push(np.zeros(start_sample - reached, dtype=np.int16), result, chunk.received_at_ms)
+        if (
+            start_sample > reached
+        ):  # a filled gap (or a resume inside one): silence up to this chunk
+            self._push(
+                np.zeros(start_sample - reached, dtype=np.int16), result, chunk.received_at_ms
+            )
         elif start_sample < reached:  # resuming from a boundary inside this chunk
             pcm = pcm[reached - start_sample :]
         self._push(pcm, result, chunk.received_at_ms)
         self._position = replace(end_position, last_chunk_input_samples=len(chunk.samples))
         if chunk.end_of_stream:
-            result.segments.extend(self._segments(self._endpointer.flush(), received_at_ms=chunk.received_at_ms))
+            result.segments.extend(
+                self._segments(self._endpointer.flush(), received_at_ms=chunk.received_at_ms)
+            )
             self._finished = True
 
-    def _push(self, samples: np.ndarray, result: StepResult[Token], received_at_ms: int | None) -> None:
+    def _push(
+        self, samples: np.ndarray, result: StepResult[Token], received_at_ms: int | None
+    ) -> None:
         if len(samples):
             pcm = samples.astype("<i2", copy=False).tobytes()
-            result.segments.extend(self._segments(self._endpointer.push(pcm), received_at_ms=received_at_ms))
+            result.segments.extend(
+                self._segments(self._endpointer.push(pcm), received_at_ms=received_at_ms)
+            )
 
     def _segments(self, closed: list, *, received_at_ms: int | None) -> list[StreamSegment]:
         return [
@@ -315,7 +343,9 @@ class StreamState(Generic[Token]):
             for segment in closed
         ]
 
-    def _make_checkpoint(self, before: StreamPosition, boundary: Boundary, result: StepResult[Token]) -> None:
+    def _make_checkpoint(
+        self, before: StreamPosition, boundary: Boundary, result: StepResult[Token]
+    ) -> None:
         """Resume point: `before` and `boundary`; once finished, simply the position after the end."""
         resume = self._position if self._finished else before
         result.checkpoint = StreamCheckpoint(resume, boundary, self._finished)

@@ -130,8 +130,15 @@ class CheckpointWriter:
                     await self._store(jobs)
                 except StoreUnavailable as error:
                     self.ctx.metrics.checkpoints.labels("failed").inc(len(jobs))
-                    log.warning("%s; %d streams keep their chunks unacknowledged and retry", error, len(jobs))
-                    for stream_id, job in jobs.items():  # put back, older first; newer submissions win
+                    log.warning(
+                        "%s; %d streams keep their chunks unacknowledged and retry",
+                        error,
+                        len(jobs),
+                    )
+                    for (
+                        stream_id,
+                        job,
+                    ) in jobs.items():  # put back, older first; newer submissions win
                         newer = self._pending.pop(stream_id, None)
                         if newer is not None:
                             job.merge_newer(newer)
@@ -144,14 +151,22 @@ class CheckpointWriter:
             try:
                 for delivery in job.deliveries:
                     await delivery
-            except Exception as error:  # the segment is not on the topic: do not move the resume point
-                log.error("stream %s: segment delivery failed (%s); its chunks will be replayed", stream_id, error)
+            except Exception as error:  # noqa: BLE001 - the segment is not on the topic: do not move the resume point
+                log.error(
+                    "stream %s: segment delivery failed (%s); its chunks will be replayed",
+                    stream_id,
+                    error,
+                )
                 continue
             job.deliveries.clear()
             delivered[stream_id] = job
         await self.ctx.store.save_checkpoints(
             {
-                stream_id: (job.checkpoint.to_json(), job.checkpoint.position.next_seq, job.checkpoint.boundary.sample)
+                stream_id: (
+                    job.checkpoint.to_json(),
+                    job.checkpoint.position.next_seq,
+                    job.checkpoint.boundary.sample,
+                )
                 for stream_id, job in delivered.items()
             }
         )
@@ -169,7 +184,9 @@ class _Stream:
     tp: TP
     role: ChannelRole
     last_active_s: float
-    deliveries: list[Awaitable[Any]] = field(default_factory=list)  # awaited before its next checkpoint
+    deliveries: list[Awaitable[Any]] = field(
+        default_factory=list
+    )  # awaited before its next checkpoint
     checkpoint: StreamCheckpoint | None = None  # the latest one made (stored or on its way)
 
 
@@ -181,7 +198,9 @@ class VadStage:
         self.params = stream_params(ctx.settings.vad)
         self._streams: dict[str, _Stream] = {}
         self._recent: OrderedDict[str, tuple[TP, StreamCheckpoint]] = OrderedDict()
-        self._waiting: dict[str, list[tuple[EventT, int]]] = {}  # stream id -> records held until Redis answers
+        self._waiting: dict[
+            str, list[tuple[EventT, int]]
+        ] = {}  # stream id -> records held until Redis answers
         self._writer = CheckpointWriter(ctx)
         self._processed = ctx.metrics.chunks.labels("processed")
 
@@ -189,7 +208,7 @@ class VadStage:
         app = self.ctx.app
 
         async def vad(stream: StreamT) -> None:
-            async for event in stream.noack().events():
+            async for event in stream.noack().events():  # type: ignore[attr-defined]
                 await self.on_event(event)
 
         app.agent(self.ctx.topics.audio, name="vad")(vad)
@@ -198,17 +217,26 @@ class VadStage:
         app.on_partitions_revoked.connect(self._on_revoked)
 
     def health(self) -> dict[str, object]:
-        return {"streams": len(self._streams), "held_chunks": self._writer.held_events,
-                "streams_waiting_for_redis": len(self._waiting)}
+        return {
+            "streams": len(self._streams),
+            "held_chunks": self._writer.held_events,
+            "streams_waiting_for_redis": len(self._waiting),
+        }
 
     async def on_event(self, event: EventT) -> None:
         """One audio record. A record that breaks processing is dead-lettered; the worker goes on."""
         try:
             await self._on_event(event, received_at_ms=now_ms())
-        except Exception as error:  # a defect, not bad input: keep the worker and the other streams going
+        except (
+            Exception
+        ) as error:  # a defect, not bad input: keep the worker and the other streams going
             message = event.message
-            log.exception("audio record %s[%d]@%d failed", message.topic, message.partition, message.offset)
-            await self._dead_letter_and_ack(event, f"processing failed: {type(error).__name__}: {error}")
+            log.exception(
+                "audio record %s[%d]@%d failed", message.topic, message.partition, message.offset
+            )
+            await self._dead_letter_and_ack(
+                event, f"processing failed: {type(error).__name__}: {error}"
+            )
 
     async def _on_event(self, event: EventT, *, received_at_ms: int) -> None:
         message = event.message
@@ -230,7 +258,9 @@ class VadStage:
             stream = opened
         await self._feed(stream, header, event, received_at_ms)
 
-    async def _feed(self, stream: "_Stream", header: AudioChunkHeader, event: EventT, received_at_ms: int) -> None:
+    async def _feed(
+        self, stream: "_Stream", header: AudioChunkHeader, event: EventT, received_at_ms: int
+    ) -> None:
         stream_id = header.stream_id
         message = event.message
         stream.last_active_s = time.monotonic()
@@ -266,12 +296,21 @@ class VadStage:
                 checkpoint = StreamCheckpoint.from_json(text) if text else None
             except StoreUnavailable as error:
                 if header.seq != 0:
-                    log.warning("%s; the stream waits for Redis (its chunks stay unacknowledged)", error)
+                    log.warning(
+                        "%s; the stream waits for Redis (its chunks stay unacknowledged)", error
+                    )
                     return None
-                log.warning("%s; seq 0: nothing before it to resume, the stream starts fresh", error)
+                log.warning(
+                    "%s; seq 0: nothing before it to resume, the stream starts fresh", error
+                )
             except RecordError as error:
                 log.error("%s; the stream starts fresh", error)
-        stream = _Stream(StreamState(header.stream_id, self.params, checkpoint), tp, header.role, time.monotonic())
+        stream = _Stream(
+            StreamState(header.stream_id, self.params, checkpoint),
+            tp,
+            header.role,
+            time.monotonic(),
+        )
         self._streams[header.stream_id] = stream
         self.ctx.metrics.active_streams.set(len(self._streams))
         return stream
@@ -285,17 +324,28 @@ class VadStage:
             stream = await self._open(header, first.message.tp)
             if stream is None:
                 continue
-            log.warning("stream %s: checkpoint read, replaying %d held chunks", stream_id, len(pending))
+            log.warning(
+                "stream %s: checkpoint read, replaying %d held chunks", stream_id, len(pending)
+            )
             while pending:
                 event, received_at_ms = pending.pop(0)
-                await self._feed(stream, AudioChunkHeader.from_kafka(event.message.key, event.message.headers),
-                                 event, received_at_ms)
+                await self._feed(
+                    stream,
+                    AudioChunkHeader.from_kafka(event.message.key, event.message.headers),
+                    event,
+                    received_at_ms,
+                )
             self._waiting.pop(stream_id, None)
 
     async def _handle(self, stream_id: str, stream: _Stream, result: StepResult[EventT]) -> None:
         for event in result.ack_now:
             event.ack()
-        if result.dropped_duplicate or result.dropped_late or result.gaps_filled or result.gaps_closed:
+        if (
+            result.dropped_duplicate
+            or result.dropped_late
+            or result.gaps_filled
+            or result.gaps_closed
+        ):
             metrics = self.ctx.metrics
             metrics.chunks.labels("duplicate").inc(result.dropped_duplicate)
             metrics.chunks.labels("late").inc(result.dropped_late)
@@ -307,12 +357,20 @@ class VadStage:
             stream.checkpoint = result.checkpoint
             deliveries, stream.deliveries = stream.deliveries, []
             self._writer.submit(
-                _CheckpointJob(stream_id, stream.tp, result.checkpoint, deliveries, list(result.ack_after_checkpoint))
+                _CheckpointJob(
+                    stream_id,
+                    stream.tp,
+                    result.checkpoint,
+                    deliveries,
+                    list(result.ack_after_checkpoint),
+                )
             )
         if stream.state.finished and stream.state.held_tokens == 0:
             self._forget(stream_id)
 
-    async def _send_segments(self, stream_id: str, role: ChannelRole, result: StepResult[EventT]) -> list[Awaitable[Any]]:
+    async def _send_segments(
+        self, stream_id: str, role: ChannelRole, result: StepResult[EventT]
+    ) -> list[Awaitable[Any]]:
         emitted_at_ms = now_ms()
         futures = []
         for segment in result.segments:
@@ -327,12 +385,16 @@ class VadStage:
             )
             futures.append(
                 await self.ctx.topics.segments.send(
-                    key=stream_id.encode(), value=segment.pcm_s16le, headers=header.to_kafka_headers()
+                    key=stream_id.encode(),
+                    value=segment.pcm_s16le,
+                    headers=header.to_kafka_headers(),
                 )
             )
             self.ctx.metrics.segments.inc()
             if segment.speech_end_received_at_ms is not None:
-                self.ctx.metrics.latency.labels("vad").observe(max(0, emitted_at_ms - segment.speech_end_received_at_ms) / 1000)
+                self.ctx.metrics.latency.labels("vad").observe(
+                    max(0, emitted_at_ms - segment.speech_end_received_at_ms) / 1000
+                )
         return futures
 
     async def _dead_letter_and_ack(self, event: EventT, reason: str) -> None:
@@ -351,28 +413,40 @@ class VadStage:
     async def _evict_idle(self) -> None:
         metrics = self.ctx.metrics
         metrics.redis_up.set(1 if self.ctx.store.available else 0)
-        metrics.held_chunks.set(self._writer.held_events + sum(s.state.held_tokens for s in self._streams.values()))
+        metrics.held_chunks.set(
+            self._writer.held_events + sum(s.state.held_tokens for s in self._streams.values())
+        )
         if self._waiting:
             await self._retry_waiting()
         idle_s = self.ctx.settings.vad.idle_stream_timeout_s
         now = time.monotonic()
         for stream_id, stream in list(self._streams.items()):
             if now - stream.last_active_s >= idle_s:
-                log.info("stream %s idle for %.0f s: flushed and evicted", stream_id, now - stream.last_active_s)
+                log.info(
+                    "stream %s idle for %.0f s: flushed and evicted",
+                    stream_id,
+                    now - stream.last_active_s,
+                )
                 await self._handle(stream_id, stream, stream.state.evict())
                 self._forget(stream_id)
 
-    async def _on_revoked(self, sender: Any = None, revoked: set[TP] | None = None, **_: Any) -> None:
+    async def _on_revoked(
+        self, sender: Any = None, revoked: set[TP] | None = None, **_: Any
+    ) -> None:
         revoked = set(revoked or ())
         self._writer.forget(revoked)
         for stream_id in [s for s, stream in self._streams.items() if stream.tp in revoked]:
             self._streams.pop(stream_id, None)
         for stream_id in [s for s, (tp, _) in self._recent.items() if tp in revoked]:
             del self._recent[stream_id]
-        for stream_id in [s for s, held in self._waiting.items() if held[0][0].message.tp in revoked]:
+        for stream_id in [
+            s for s, held in self._waiting.items() if held[0][0].message.tp in revoked
+        ]:
             self._waiting.pop(stream_id, None)
         self.ctx.metrics.active_streams.set(len(self._streams))
-        log.info("partitions revoked %s: their streams will resume from checkpoints", sorted(revoked))
+        log.info(
+            "partitions revoked %s: their streams will resume from checkpoints", sorted(revoked)
+        )
 
 
 def build(ctx: WorkerContext) -> VadStage:

@@ -94,7 +94,7 @@ def run_worker(stage: str, *, create_topics: bool = True) -> int:
 def _assignment(app: Any) -> set[Any]:
     try:
         return set(app.consumer.assignment())
-    except Exception:
+    except (AttributeError, RuntimeError):  # consumer not started yet
         return set()
 
 
