@@ -32,10 +32,11 @@ from emostream.schemas.model_card import FeatureSettings, ModelCard
 CROPS_S = (0.5, 1.0, 2.0, 3.0)
 
 
-def fold_model(fold_dir: Path, fold: int, labels: list[str], scratch: Path) -> PLBEmotionModel:
+def fold_model(fold_dir: Path, fold: int, labels: list[str], scratch: Path, features: FeatureSettings
+               ) -> PLBEmotionModel:
     network = PLBNet(PLBConfig(num_classes=len(labels)))
     network.load_state_dict(load_file(str(fold_dir / f"fold-{fold:02d}.safetensors")))
-    card = ModelCard(name=f"fold-{fold}", version="cv", architecture="plb", labels=labels, features=FeatureSettings(),
+    card = ModelCard(name=f"fold-{fold}", version="cv", architecture="plb", labels=labels, features=features,
                      architecture_options=network.config.to_dict(), parameter_count=count_parameters(network),
                      weights_file="", weights_sha256="")
     save_checkpoint(network, card, scratch)
@@ -47,12 +48,15 @@ def main() -> None:
     parser.add_argument("--fold-dir", type=Path, required=True)
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--features", type=Path, required=True, help="the feature table the folds were made from")
+    parser.add_argument("--onset-lead-in-s", type=float, default=None,
+                        help="serve with onset normalisation (the shipped card's features.onset_lead_in_s)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     table = FeatureTable.load(args.features)
     fold = json.loads((args.fold_dir / f"fold-{args.fold:02d}.json").read_text())
     with tempfile.TemporaryDirectory() as scratch:
-        model = fold_model(args.fold_dir, args.fold, table.labels, Path(scratch) / "model")
+        model = fold_model(args.fold_dir, args.fold, table.labels, Path(scratch) / "model",
+                           FeatureSettings(onset_lead_in_s=args.onset_lead_in_s))
         truth: list[int] = []
         inputs: dict[str, list[np.ndarray]] = {name: [] for name in
                                                ["whole clip", "VAD segment", *(f"first {c} s" for c in CROPS_S)]}
@@ -84,7 +88,8 @@ def main() -> None:
             results[f"{joined} VAD segments joined"] = {
                 "war_percent": round(100 * weighted_average_recall(long_truth, predicted), 2), "clips": len(long_truth),
                 "mean_length_s": round(float(np.mean([len(a) / VAD_SAMPLE_RATE_HZ for a in long_audio])), 2)}
-    print(json.dumps({"fold": args.fold, "fold_dir": str(args.fold_dir), "results": results}, indent=1))
+    print(json.dumps({"fold": args.fold, "fold_dir": str(args.fold_dir), "onset_lead_in_s": args.onset_lead_in_s,
+                      "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import numpy as np
 import redis
 import soundfile as sf
 from emostream.schemas.audio import AudioEncoding
+from emostream.schemas.segment import SegmentHeader
 from emostream.schemas.settings import Settings
 from emostream.workers.producer import encode_s16
 from emostream.workers.result_store import results_channel
@@ -127,6 +128,40 @@ class Results:
     breakdown: dict[str, list[float]] = field(
         default_factory=dict
     )  # latency part -> ms (from the events)
+
+    def listen_segments(self, settings: Settings, stop: threading.Event) -> None:
+        """--stages vad: segments as they reach the segments topic (no inference, no Redis)."""
+        asyncio.run(self._listen_segments(settings, stop))
+
+    async def _listen_segments(self, settings: Settings, stop: threading.Event) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(
+            settings.topics.segments,
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200)
+                now = time.time()
+                for records in batches.values():
+                    for record in records:
+                        header = SegmentHeader.from_kafka(record.key, record.headers)
+                        self.received.append(
+                            (
+                                header.stream_id,
+                                header.segment_index,
+                                header.start_ms,
+                                header.end_ms,
+                                now,
+                            )
+                        )
+        finally:
+            await consumer.stop()
 
     def listen(self, url: str, channel: str, stop: threading.Event) -> None:
         client = redis.Redis.from_url(url)
@@ -276,7 +311,7 @@ def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str,
         WorkerProcess(
             stage, settings=settings, name=f"{stage}-{tag}", log_path=workdir / f"{stage}-{tag}.log"
         )
-        for stage in ("vad", "inference")
+        for stage in args.stages.split(",")
     ]
     stop = threading.Event()
     results = Results()
@@ -285,11 +320,16 @@ def run_once(args: argparse.Namespace, streams: int, workdir: Path) -> dict[str,
             worker.start()
         for worker in workers:
             worker.wait_healthy(120)
-        listener = threading.Thread(
-            target=results.listen,
-            args=(redis_server.url, results_channel(settings.redis.key_prefix), stop),
-            daemon=True,
-        )
+        if "inference" in args.stages:
+            listener = threading.Thread(
+                target=results.listen,
+                args=(redis_server.url, results_channel(settings.redis.key_prefix), stop),
+                daemon=True,
+            )
+        else:
+            listener = threading.Thread(
+                target=results.listen_segments, args=(settings, stop), daemon=True
+            )
         listener.start()
         plans = plan_streams(
             streams, args.duration_s, pause_s=(args.pause_min_s, args.pause_max_s), seed=streams
@@ -434,6 +474,12 @@ def main() -> int:
         help="after the last chunk, wait until no result came for this long",
     )
     parser.add_argument(
+        "--stages",
+        default="vad,inference",
+        choices=["vad,inference", "vad"],
+        help="vad: only the VAD worker, latency to the segment on the segments topic (where inference is not the limit)",
+    )
+    parser.add_argument(
         "--max-drain-s", type=float, default=180.0, help="give up waiting for results after this"
     )
     parser.add_argument(
@@ -467,7 +513,7 @@ def main() -> int:
                 f"utterances={report['utterances']} lost={report['lost']} unmatched={report['unmatched_results']} | "
                 f"latency p50/p95/p99 = {lat[50]:.0f}/{lat[95]:.0f}/{lat[99]:.0f} ms "
                 f"(beyond {report['hangover_ms']} ms hangover: {beyond[50]:.0f}/{beyond[95]:.0f}/{beyond[99]:.0f} ms) | "
-                f"CPU cores: vad {cpu['vad']:.2f} inference {cpu['inference']:.2f} broker+redis {cpu['broker+redis']:.2f} "
+                f"CPU cores: vad {cpu['vad']:.2f} inference {cpu.get('inference', 0.0):.2f} broker+redis {cpu['broker+redis']:.2f} "
                 f"generator {cpu['load_generator']:.2f} | CPU per stream: workers "
                 f"{report['cpu_ms_per_stream_s']['workers']:.2f} ms/s, all {report['cpu_ms_per_stream_s']['all']:.2f} ms/s "
                 f"| sender late p99 {report['sender_late_p99_ms']} ms | parts p50/p95 ms {report['breakdown_p50_p95_ms']} "

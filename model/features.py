@@ -72,6 +72,28 @@ def mfcc_frames(audio: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     return feature.T.astype(np.float32)
 
 
+ONSET_FRAME_S = 0.02  # RMS frames of the onset normalisation
+
+
+def normalise_onset(audio: np.ndarray, sample_rate_hz: int, settings: FeatureSettings) -> np.ndarray:
+    """Cut leading non-speech, then put `onset_lead_in_s` of silence before the speech.
+
+    The network's per-frame BatchNorm makes it sensitive to where speech sits in its 4.5 s input;
+    trained on whole clips (speech ~1 s in), it is served VAD segments whose speech starts at once.
+    """
+    if settings.onset_lead_in_s is None:
+        return audio
+    frame = max(1, int(ONSET_FRAME_S * sample_rate_hz))
+    usable = len(audio) // frame * frame
+    if usable == 0:
+        return audio
+    rms = np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, frame)), axis=1) + 1e-12)
+    level_db = 20 * np.log10(rms / rms.max())
+    first_speech_frame = int(np.argmax(level_db > settings.onset_threshold_db))
+    lead_in = np.zeros(int(settings.onset_lead_in_s * sample_rate_hz), dtype=np.float32)
+    return np.concatenate([lead_in, audio[first_speech_frame * frame :]])
+
+
 def utterance_windows(
     audio: np.ndarray, sample_rate_hz: int, settings: FeatureSettings
 ) -> np.ndarray:
@@ -80,7 +102,8 @@ def utterance_windows(
     Audio up to `input_samples` long gives one zero-padded window (as in training); longer audio gives
     overlapping windows whose scores the model averages (`long_input="windows"`), or the first one.
     """
-    at_feature_rate = resample(audio, sample_rate_hz, settings.sample_rate_hz)
+    at_feature_rate = normalise_onset(resample(audio, sample_rate_hz, settings.sample_rate_hz),
+                                      settings.sample_rate_hz, settings)
     return np.stack(
         [
             mfcc_frames(at_feature_rate[start : start + settings.input_samples], settings)

@@ -21,6 +21,12 @@ class FeatureSettings(BaseModel):
         description="longer audio: `windows` averages scores over input_samples windows; `trim` keeps the start",
     )
     window_hop_samples: int = Field(50_000, description="hop between windows for long_input=windows")
+    onset_lead_in_s: float | None = Field(
+        None,
+        description="if set, leading audio quieter than onset_threshold_db is cut and this much silence put "
+        "before the speech, so speech starts where it did in training (RAVDESS clips: ~1 s in)",
+    )
+    onset_threshold_db: float = Field(-35.0, description="frame RMS relative to the loudest 20 ms frame")
 
 
 class ModelCard(BaseModel):

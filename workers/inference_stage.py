@@ -120,6 +120,12 @@ class InferenceStage:
                 segments.append(parse_segment(received))
             except (RecordError, UnicodeDecodeError) as error:
                 await self._dead_letter(received, str(error))
+        unique = {
+            (s.header.stream_id, s.header.segment_index): s for s in segments
+        }  # a replay twice in one batch
+        if len(unique) < len(segments):
+            metrics.results.labels("duplicate").inc(len(segments) - len(unique))
+            segments = list(unique.values())
         if not segments:
             return
         cached = await self.ctx.store.cached_results(
