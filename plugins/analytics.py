@@ -32,9 +32,9 @@ from emostream.plugins.api import Plugin, PluginContext, PluginOptions, effectiv
 from emostream.plugins.connections import aiokafka_producer_options, async_redis_client
 from emostream.schemas.audio import ChannelRole
 from emostream.schemas.event import EmotionEvent
+from emostream.schemas.redis_keys import alerts_channel, call_key
 from pydantic import BaseModel, ConfigDict, Field
 
-ALERTS_CHANNEL_SUFFIX = "alerts"
 SEGMENT_FIELD_DIGITS = 8
 
 
@@ -214,15 +214,6 @@ def summarize_call(
 
 
 # -- Redis layout ----------------------------------------------------------------------------------
-def call_key(key_prefix: str, call_id: str, suffix: str) -> str:
-    """`emo:v1:call:{call-42}:timeline`: one call's keys share a cluster slot."""
-    return f"{key_prefix}:call:{{{call_id}}}:{suffix}"
-
-
-def alerts_channel(key_prefix: str) -> str:
-    return f"{key_prefix}:{ALERTS_CHANNEL_SUFFIX}"
-
-
 def timeline_field(stream_id: str, segment_index: int) -> str:
     return f"{stream_id}#{segment_index:0{SEGMENT_FIELD_DIGITS}d}"
 

@@ -42,13 +42,13 @@ SubscriptionMode = Literal["stream", "pubsub"]
 
 
 def _events_key(prefix: str, stream_id: str) -> str:
-    from emostream.workers.result_store import events_key
+    from emostream.schemas.redis_keys import events_key
 
     return events_key(prefix, stream_id)
 
 
 def _results_channel(prefix: str) -> str:
-    from emostream.workers.result_store import results_channel
+    from emostream.schemas.redis_keys import results_channel
 
     return results_channel(prefix)
 

@@ -14,7 +14,6 @@ from emostream.plugins.analytics import (
     AnalyticsOptions,
     AnalyticsPlugin,
     EscalationAlert,
-    call_key,
     find_escalations,
     load_call_summary,
     share_of_time,
@@ -23,6 +22,7 @@ from emostream.plugins.analytics import (
 from emostream.plugins.connections import async_redis_client
 from emostream.plugins.testing import make_event, make_scores
 from emostream.schemas.event import EmotionEvent
+from emostream.schemas.redis_keys import call_key
 from emostream.schemas.settings import Settings
 from emostream.workers.producer import make_audio_producer
 from emostream.workers.settings_env import settings_to_env

@@ -46,7 +46,10 @@ class WorkerMetrics:
             "emostream_segments", "speech segments emitted by the VAD stage", registry=r
         )
         self.results = Counter(
-            "emostream_results", "results by outcome (inferred, cache_hit, duplicate)", ["outcome"], registry=r
+            "emostream_results",
+            "results by outcome (inferred, cache_hit, duplicate)",
+            ["outcome"],
+            registry=r,
         )
         self.dead_letters = Counter(
             "emostream_dead_letters", "records sent to the dead-letter topic", registry=r

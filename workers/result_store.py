@@ -27,6 +27,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from emostream.schemas.event import EmotionEvent
+from emostream.schemas.redis_keys import checkpoint_key, events_key, latest_key, result_key, results_channel
 from emostream.schemas.settings import RedisSettings
 from redis.exceptions import RedisError
 
@@ -76,26 +77,6 @@ return 1
 
 class StoreUnavailable(RuntimeError):
     """Redis did not answer; the message says what was attempted."""
-
-
-def result_key(prefix: str, stream_id: str, segment_index: int) -> str:
-    return f"{prefix}:{{{stream_id}}}:seg:{segment_index}"
-
-
-def latest_key(prefix: str, stream_id: str) -> str:
-    return f"{prefix}:{{{stream_id}}}:latest"
-
-
-def events_key(prefix: str, stream_id: str) -> str:
-    return f"{prefix}:{{{stream_id}}}:events"
-
-
-def checkpoint_key(prefix: str, stream_id: str) -> str:
-    return f"{prefix}:{{{stream_id}}}:vad"
-
-
-def results_channel(prefix: str) -> str:
-    return f"{prefix}:results"
 
 
 def connect(settings: RedisSettings) -> aioredis.Redis:
