@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-
 from emostream.model.features import utterance_windows
 from emostream.model.registry import load_model
 

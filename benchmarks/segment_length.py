@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
-
 from emostream.model.analysis import utterances
 from emostream.model.audio_io import read_audio
 from emostream.model.checkpoint import save_checkpoint
@@ -28,6 +26,7 @@ from emostream.model.plb import PLBConfig, PLBNet, count_parameters
 from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.vad import VAD_SAMPLE_RATE_HZ, EndpointerParams
 from emostream.schemas.model_card import FeatureSettings, ModelCard
+from safetensors.torch import load_file
 
 CROPS_S = (0.5, 1.0, 2.0, 3.0)
 

@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from emostream.model.audio_io import AudioInputError, check_waveform, read_audio
 from emostream.model.base import EmotionModel
 from emostream.model.features import resample

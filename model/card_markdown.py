@@ -15,13 +15,14 @@ def render(folder: Path) -> str:
     lines = [
         f"# Model card: {card.name} v{card.version}",
         "",
-        f"Architecture `{card.architecture}` (see model/PLB.md), {card.parameter_count:,} trainable parameters "
-        f"({card.parameter_count_with_bn_statistics:,} counting BatchNorm statistics, as Table 1 of the thesis).",
+        (f"Architecture `{card.architecture}` (see model/PLB.md), {card.parameter_count:,} trainable parameters "
+         f"({card.parameter_count_with_bn_statistics:,} counting BatchNorm statistics, as Table 1 of the thesis)."),
         "",
         f"- Labels (output order): {', '.join(card.labels)}",
-        f"- Input: {card.features.kind.upper()} x {card.features.n_coefficients}, audio resampled to "
-        f"{card.features.sample_rate_hz} Hz, padded / cut to {card.features.input_samples:,} samples; longer "
-        f"audio: {card.features.long_input} (hop {card.features.window_hop_samples:,} samples)",
+        (f"- Input: {card.features.kind.upper()} x {card.features.n_coefficients}, audio resampled to "
+         f"{card.features.sample_rate_hz} Hz, padded / cut to {card.features.input_samples:,} samples; longer "
+         f"audio: {card.features.long_input} (hop {card.features.window_hop_samples:,} samples); onset "
+         f"normalisation: {card.features.onset_lead_in_s} s lead-in"),
         f"- Weights: `{card.weights_file}`, sha256 `{card.weights_sha256}`",
         f"- Created: {card.created_at}",
         "",

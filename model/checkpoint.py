@@ -5,10 +5,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from emostream.model.plb import PLBConfig, PLBNet
 from emostream.schemas.model_card import ModelCard
+from safetensors.torch import load_file, save_file
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"

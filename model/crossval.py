@@ -9,12 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, StratifiedKFold
-
 from emostream.model.feature_table import FeatureTable
 from emostream.model.metrics import benefit_cost_ratio, fold_summary, score
-from emostream.model.plb import PLBConfig, PLBNet, count_parameters, count_parameters_with_bn_statistics
+from emostream.model.plb import (
+    PLBConfig,
+    PLBNet,
+    count_parameters,
+    count_parameters_with_bn_statistics,
+)
 from emostream.model.training import TrainingRecipe, pick_device, predict_logits, train_plb
+from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 PROTOCOLS = ("stratified", "speaker")
 

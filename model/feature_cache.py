@@ -6,7 +6,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from emostream.model.audio_io import AudioInputError, read_audio
 from emostream.model.datasets import LabelledClip
 from emostream.model.feature_table import FeatureTable

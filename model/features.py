@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import librosa
 import numpy as np
-
 from emostream.schemas.model_card import FeatureSettings
 
 FEATURE_SAMPLE_RATE_HZ = 22_050  # librosa's default load rate, the thesis's

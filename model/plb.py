@@ -250,6 +250,6 @@ def count_parameters_with_bn_statistics(model: nn.Module) -> int:
     statistics = sum(
         buffer.numel()
         for name, buffer in model.named_buffers()
-        if name.endswith("running_mean") or name.endswith("running_var")
+        if name.endswith(("running_mean", "running_var"))
     )
     return count_parameters(model) + statistics

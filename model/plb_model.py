@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from emostream.model.base import EmotionModel, Prediction
 from emostream.model.checkpoint import load_plb
 from emostream.model.features import batch_windows

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from emostream.model.plb import PLBConfig, PLBNet
 from torch import nn
 from tqdm import tqdm
-
-from emostream.model.plb import PLBConfig, PLBNet
-
 
 THESIS_EFFECTIVE_EPOCHS = 110  # lr 1e-3 to epoch 70, then x0.15 at 70, 90, 110: negligible after
 

@@ -11,9 +11,9 @@ from emostream.schemas.audio import (
     ChannelRole,
 )
 from emostream.schemas.dead_letter import DeadLetter
+from emostream.schemas.errors import RecordError
 from emostream.schemas.event import EmotionEvent, LatencyBreakdown
 from emostream.schemas.segment import SegmentHeader
-from emostream.schemas.errors import RecordError
 
 __all__ = [
     "AUDIO_FORMAT_VERSION",

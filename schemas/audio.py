@@ -14,10 +14,9 @@ With kcat, a gateway in any language can do the same:
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from emostream.schemas.errors import RecordError
 from emostream.schemas.headers import KafkaHeaders, headers_to_text, text_to_headers
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 AUDIO_FORMAT_VERSION = 1
 SUPPORTED_SAMPLE_RATES_HZ: tuple[int, ...] = (8_000, 16_000, 32_000, 44_100, 48_000)

@@ -1,8 +1,7 @@
 """The emotion result of one segment: JSON on the `emotions` topic, in Redis, and the `on_emotion` event."""
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from emostream.schemas.audio import ChannelRole, StreamId
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EVENT_FORMAT_VERSION = 1
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import torch
-
 from emostream.model.checkpoint import save_checkpoint
 from emostream.model.plb import PLBConfig, PLBNet, count_parameters
 from emostream.schemas.model_card import FeatureSettings, ModelCard

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from _model_helpers import FIXTURES, SPEECH_WAV, write_checkpoint
 
 LABELS = ["angry", "calm", "happy", "sad"]
@@ -16,7 +15,7 @@ LABELS = ["angry", "calm", "happy", "sad"]
 
 def emostream(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "emostream.workers.cli", *args], capture_output=True, text=True,
-                          timeout=240)
+                          timeout=240, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +118,7 @@ def test_models_lists_cards(checkpoint: Path) -> None:
 
     env = {**os.environ, "EMOSTREAM_MODEL_PATH": str(checkpoint.parent)}
     result = subprocess.run([sys.executable, "-m", "emostream.workers.cli", "models", "--json"], capture_output=True,
-                            text=True, env=env, timeout=120)
+                            text=True, env=env, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["plb-test"]["labels"] == LABELS

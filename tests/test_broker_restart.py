@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 import soundfile as sf
-from emostream.workers.producer import make_audio_producer
 from emostream.schemas.redis_keys import result_key
+from emostream.workers.producer import make_audio_producer
 
 from tests._workers_helpers import require_model, send_chunks, wait_for
 

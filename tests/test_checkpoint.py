@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from _model_helpers import write_checkpoint
 from emostream.model.checkpoint import CheckpointError, load_plb, sha256_of
 from emostream.model.registry import UnknownModelError, load_model, model_folders
+from safetensors.torch import load_file
 
 
 def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from emostream.model.features import INPUT_FRAMES, fit_length, utterance_windows, window_starts
+from emostream.model.features import INPUT_FRAMES, fit_length, normalise_onset, utterance_windows, window_starts
 from emostream.schemas.model_card import FeatureSettings
 
 SETTINGS = FeatureSettings()
@@ -41,3 +40,15 @@ def test_resampling_from_telephone_rate_keeps_duration() -> None:
     windows = utterance_windows(tone(1.0, 8_000), 8_000, SETTINGS)
     energy = windows[0, :, 0]  # c0 tracks log energy
     assert energy[:40].mean() > energy[60:].mean() + 10
+
+
+def test_onset_normalisation_puts_speech_after_a_fixed_lead_in() -> None:
+    rate_hz = 22_050
+    audio = np.concatenate([np.zeros(int(0.3 * rate_hz), np.float32) + 1e-5, tone(1.0, rate_hz)])
+    settings = FeatureSettings(onset_lead_in_s=1.0)
+    normalised = normalise_onset(audio, rate_hz, settings)
+    lead_in = int(1.0 * rate_hz)
+    assert np.all(normalised[:lead_in] == 0)
+    assert abs(len(normalised) - (lead_in + rate_hz)) <= int(0.02 * rate_hz)  # the 0.3 s lead was cut
+    assert np.abs(normalised[lead_in : lead_in + 500]).max() > 0.1
+    assert normalise_onset(audio, rate_hz, FeatureSettings()) is audio  # off unless the card sets it

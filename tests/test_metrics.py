@@ -1,7 +1,6 @@
 """Metric functions against values computed by hand."""
 
 import pytest
-
 from emostream.model.metrics import (
     benefit_cost_ratio,
     fold_summary,

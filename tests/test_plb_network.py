@@ -1,9 +1,10 @@
 """The PLB network against Table 1 of the thesis, and its building blocks."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
-
 from emostream.model.plb import (
     PLBConfig,
     PLBNet,
@@ -26,7 +27,7 @@ def test_parameter_count_matches_the_thesis(num_classes: int) -> None:
 
 def test_each_added_class_costs_exactly_65_parameters() -> None:
     counts = [count_parameters(PLBNet(PLBConfig(num_classes=k))) for k in range(2, 10)]
-    assert {b - a for a, b in zip(counts, counts[1:])} == {65}
+    assert {b - a for a, b in itertools.pairwise(counts)} == {65}
 
 
 def test_table_1_module_counts() -> None:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from _model_helpers import FIXTURES, SPEECH_WAV
 from emostream.model.feature_table import FeatureTable
 from emostream.model.features import utterance_windows

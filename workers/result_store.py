@@ -27,7 +27,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from emostream.schemas.event import EmotionEvent
-from emostream.schemas.redis_keys import checkpoint_key, events_key, latest_key, result_key, results_channel
+from emostream.schemas.redis_keys import (
+    checkpoint_key,
+    events_key,
+    latest_key,
+    result_key,
+    results_channel,
+)
 from emostream.schemas.settings import RedisSettings
 from redis.exceptions import RedisError
 
