@@ -45,6 +45,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(int(UTTERANCE_S * INPUT_RATE_HZ))).astype(np.float32)
     windows = torch.from_numpy(utterance_windows(audio, INPUT_RATE_HZ, model.card.features)).unsqueeze(1)
+    windows = windows.contiguous(memory_format=torch.channels_last)  # as PLBEmotionModel serves it
     network = model.network  # type: ignore[attr-defined]
 
     def forward() -> None:

@@ -15,7 +15,10 @@ class PLBEmotionModel(EmotionModel):
     longer audio is cut into overlapping windows whose class probabilities are averaged."""
 
     def __init__(self, folder: Path) -> None:
-        self.network, card = load_plb(folder)
+        network, card = load_plb(folder)
+        # channels-last: pooling and the elementwise layers over the 64-channel maps run several times
+        # faster on CPU in this layout (same results to 1e-10).
+        self.network = network.to(memory_format=torch.channels_last)
         super().__init__(card)
 
     def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int) -> list[Prediction]:
@@ -23,7 +26,8 @@ class PLBEmotionModel(EmotionModel):
             return []
         windows, counts = batch_windows(waveforms, sample_rate_hz, self.card.features)
         with torch.inference_mode():
-            probabilities = torch.softmax(self.network(torch.from_numpy(windows).unsqueeze(1)), dim=1).numpy()
+            inputs = torch.from_numpy(windows).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            probabilities = torch.softmax(self.network(inputs), dim=1).numpy()
         predictions = []
         start = 0
         for count in counts:

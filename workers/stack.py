@@ -108,6 +108,8 @@ class WorkerProcess:
     def environment(self) -> dict[str, str]:
         environment = child_environment(self.settings)
         environment.setdefault("PYTHONUNBUFFERED", "1")
+        # glibc: keep the model's large tensors in the heap instead of an mmap/munmap per inference
+        environment.setdefault("MALLOC_MMAP_THRESHOLD_", "67108864")
         environment.update(self.extra_env)
         return environment
 
