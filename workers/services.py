@@ -318,23 +318,7 @@ class ManagedProcess:
     def _stop_process(self, grace_s: float | None = None) -> int | None:
         grace_s = self.stop_grace_s if grace_s is None else grace_s
         process, self._process = self._process, None
-        code: int | None = None
-        if process is not None:
-            if process.poll() is None and grace_s > 0:
-                process.terminate()
-                try:
-                    process.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    log.info(
-                        "%s (pid %d) still up %.1f s after SIGTERM; killing it",
-                        self.name,
-                        process.pid,
-                        grace_s,
-                    )
-            if process.poll() is None:
-                process.kill()
-            code = process.wait()
-        return code
+        return stop_process(process, self.name, grace_s)
 
     def restart(self, *, down_s: float = 0.0, timeout_s: float = READY_TIMEOUT_S) -> Self:
         """Stop, stay down `down_s` seconds, start again on the SAME port (data is lost: memory only)."""
@@ -487,3 +471,18 @@ class RedisServer(ManagedProcess):
             answer = connection.recv(64)
         if not answer.startswith(b"+PONG"):
             raise ServiceError(f"PING answered {answer!r}")
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, name: str, grace_s: float) -> int | None:
+    """SIGTERM, wait up to `grace_s`, then SIGKILL. Returns the exit code (None if there was no process)."""
+    if process is None:
+        return None
+    if process.poll() is None and grace_s > 0:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) still up %.1f s after SIGTERM; killing it", name, process.pid, grace_s)
+    if process.poll() is None:
+        process.kill()
+    return process.wait()

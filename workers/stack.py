@@ -32,6 +32,7 @@ from emostream.workers.services import (
     TansuBroker,
     die_with_parent_preexec,
     find_free_port,
+    stop_process,
 )
 from emostream.workers.settings_env import child_environment
 from emostream.workers.topics import ensure_topics, stack_topics
@@ -189,24 +190,7 @@ class WorkerProcess:
 
     def stop(self, *, grace_s: float = WORKER_STOP_GRACE_S) -> int | None:
         """SIGTERM, wait up to `grace_s`, then SIGKILL. Returns the exit code (None if never started)."""
-        process = self._process
-        code: int | None = None
-        if process is not None:
-            if process.poll() is None and grace_s > 0:
-                process.terminate()
-                try:
-                    process.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    log.warning(
-                        "worker %s (pid %d) still up %.0f s after SIGTERM; killing it",
-                        self.name,
-                        process.pid,
-                        grace_s,
-                    )
-            if process.poll() is None:
-                process.kill()
-            code = process.wait()
-        return code
+        return stop_process(self._process, f"worker {self.name}", grace_s)
 
     def log_tail(self, max_chars: int = 4_000) -> str:
         try:
