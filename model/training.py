@@ -125,7 +125,7 @@ def train_plb(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(batch)
+            loss_sum += loss.item() * len(batch)
             correct += int((logits.argmax(dim=1) == targets[batch]).sum())
         record = {"epoch": epoch, "loss": loss_sum / len(order), "train_accuracy": correct / len(order),
                   "learning_rate": optimizer.param_groups[0]["lr"]}
