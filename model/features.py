@@ -75,7 +75,7 @@ ONSET_FRAME_S = 0.02  # RMS frames of the onset normalisation
 
 
 def normalise_onset(audio: np.ndarray, sample_rate_hz: int, settings: FeatureSettings) -> np.ndarray:
-    """Cut leading non-speech, then put `onset_lead_in_s` of silence before the speech.
+    """Cut leading non-speech, then put up to `onset_lead_in_s` of silence before the speech.
 
     The network's per-frame BatchNorm makes it sensitive to where speech sits in its 4.5 s input;
     trained on whole clips (speech ~1 s in), it is served VAD segments whose speech starts at once.
@@ -89,8 +89,14 @@ def normalise_onset(audio: np.ndarray, sample_rate_hz: int, settings: FeatureSet
     rms = np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, frame)), axis=1) + 1e-12)
     level_db = 20 * np.log10(rms / rms.max())
     first_speech_frame = int(np.argmax(level_db > settings.onset_threshold_db))
-    lead_in = np.zeros(int(settings.onset_lead_in_s * sample_rate_hz), dtype=np.float32)
-    return np.concatenate([lead_in, audio[first_speech_frame * frame :]])
+    speech = audio[first_speech_frame * frame :]
+    # An utterance that fits one input window keeps fitting (as much lead-in as there is room for);
+    # a longer one is windowed anyway and gets the whole lead-in.
+    lead_in_samples = int(settings.onset_lead_in_s * sample_rate_hz)
+    room_samples = settings.input_samples * sample_rate_hz // settings.sample_rate_hz - len(speech)
+    if room_samples >= 0:
+        lead_in_samples = min(lead_in_samples, room_samples)
+    return np.concatenate([np.zeros(lead_in_samples, dtype=np.float32), speech])
 
 
 def utterance_windows(

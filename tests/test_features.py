@@ -52,3 +52,10 @@ def test_onset_normalisation_puts_speech_after_a_fixed_lead_in() -> None:
     assert abs(len(normalised) - (lead_in + rate_hz)) <= int(0.02 * rate_hz)  # the 0.3 s lead was cut
     assert np.abs(normalised[lead_in : lead_in + 500]).max() > 0.1
     assert normalise_onset(audio, rate_hz, FeatureSettings()) is audio  # off unless the card sets it
+
+
+def test_onset_lead_in_never_pushes_an_utterance_into_a_second_window() -> None:
+    settings = FeatureSettings(onset_lead_in_s=1.0)
+    four_seconds = tone(4.0, settings.sample_rate_hz)
+    assert len(normalise_onset(four_seconds, settings.sample_rate_hz, settings)) == settings.input_samples
+    assert utterance_windows(tone(4.0, 16_000), 16_000, settings).shape[0] == 1
