@@ -2,7 +2,13 @@
 
 import numpy as np
 import pytest
-from emostream.model.features import INPUT_FRAMES, fit_length, normalise_onset, utterance_windows, window_starts
+from emostream.model.features import (
+    INPUT_FRAMES,
+    fit_length,
+    normalise_onset,
+    utterance_windows,
+    window_starts,
+)
 from emostream.schemas.model_card import FeatureSettings
 
 SETTINGS = FeatureSettings()
