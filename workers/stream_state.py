@@ -29,7 +29,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Generic, TypeVar
 
 import numpy as np
-from emostream.model.vad import VAD_SAMPLE_RATE_HZ, Boundary, Endpointer, EndpointerParams
+from emostream.model.vad import (
+    VAD_SAMPLE_RATE_HZ,
+    Boundary,
+    Endpointer,
+    EndpointerParams,
+    SpeechSegment,
+)
 from emostream.schemas.errors import RecordError
 from emostream.workers.codecs import output_samples_before, resample_s16
 
@@ -131,25 +137,10 @@ class StreamCheckpoint:
 
 
 @dataclass(frozen=True)
-class StreamSegment:
-    """A closed speech segment, 16 kHz s16le, in stream time."""
+class StreamSegment(SpeechSegment):
+    """A closed speech segment, 16 kHz s16le, in stream time, with when its closing chunk arrived."""
 
-    index: int
-    start_sample: int
-    pcm_s16le: bytes
-    speech_end_received_at_ms: int | None  # wall clock when the chunk that closed it arrived
-
-    @property
-    def end_sample(self) -> int:
-        return self.start_sample + len(self.pcm_s16le) // 2
-
-    @property
-    def start_ms(self) -> float:
-        return 1000.0 * self.start_sample / VAD_SAMPLE_RATE_HZ
-
-    @property
-    def end_ms(self) -> float:
-        return 1000.0 * self.end_sample / VAD_SAMPLE_RATE_HZ
+    speech_end_received_at_ms: int | None = None  # wall clock when the chunk that closed it arrived
 
 
 @dataclass
