@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from emostream.schemas.audio import SUPPORTED_SAMPLE_RATES_HZ, AudioEncoding, ChannelRole
+from emostream.workers.commands._kafka_args import add_kafka_arguments, settings_from_args
 
 G711_SAMPLE_RATE_HZ = 8_000
 WIDEBAND_SAMPLE_RATE_HZ = 16_000
@@ -50,16 +51,12 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--role", choices=[role.value for role in ChannelRole], default=ChannelRole.CUSTOMER.value
     )
-    parser.add_argument("--topic", default=None, help="audio topic (default: settings)")
-    parser.add_argument(
-        "--bootstrap-servers", default=None, help="host:port[,host:port] (default: settings)"
-    )
+    add_kafka_arguments(parser, "audio")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from emostream.schemas.audio import AudioChunkHeader
-    from emostream.schemas.settings import Settings
     from emostream.workers.producer import (
         AudioFileError,
         SendError,
@@ -81,15 +78,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    settings = Settings()
-    if args.bootstrap_servers:
-        settings = settings.model_copy(
-            update={
-                "kafka": settings.kafka.model_copy(
-                    update={"bootstrap_servers": args.bootstrap_servers}
-                )
-            }
-        )
+    settings = settings_from_args(args)
     topic = args.topic or settings.topics.audio
     try:
         samples = load_recording(args.file, sample_rate_hz=sample_rate_hz)

@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from emostream.workers.commands._kafka_args import add_kafka_arguments, settings_from_args
+
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser(
@@ -27,15 +29,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--idle-timeout-s", type=float, default=None, help="exit after this long without a result"
     )
-    parser.add_argument("--topic", default=None, help="emotions topic (default: settings)")
-    parser.add_argument(
-        "--bootstrap-servers", default=None, help="host:port[,host:port] (default: settings)"
-    )
+    add_kafka_arguments(parser, "emotions")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from emostream.schemas.settings import Settings
     from emostream.workers.tail import (
         BadResult,
         TailFilter,
@@ -46,15 +44,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     since_ms = None if args.from_beginning else default_since_ms()
-    settings = Settings()
-    if args.bootstrap_servers:
-        settings = settings.model_copy(
-            update={
-                "kafka": settings.kafka.model_copy(
-                    update={"bootstrap_servers": args.bootstrap_servers}
-                )
-            }
-        )
+    settings = settings_from_args(args)
     topic = args.topic or settings.topics.emotions
     wait_s = args.timeout_s if args.timeout_s is not None else 30.0
     try:
