@@ -30,13 +30,11 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from emostream.plugins.api import (
-    Plugin,
-    PluginContext,
     PluginDeliveryError,
     PluginOptions,
     effective_role,
-    require,
 )
+from emostream.plugins.http import HttpPlugin, HttpPluginOptions
 from emostream.schemas.audio import ChannelRole
 from emostream.schemas.event import EmotionEvent
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
@@ -45,7 +43,7 @@ DEFAULT_NEGATIVE_LABELS: tuple[str, ...] = ("angry", "fearful", "sad", "disgust"
 MAX_TRACKED_STREAMS = 10_000
 
 
-class RasaOptions(PluginOptions):
+class RasaOptions(HttpPluginOptions):
     url: AnyHttpUrl = Field(description="Rasa server base URL, e.g. http://localhost:5005")
     token: SecretStr | None = Field(None, description="Rasa --auth-token, sent as ?token=")
     jwt: SecretStr | None = Field(None, description="a JWT sent as Authorization: Bearer")
@@ -61,7 +59,6 @@ class RasaOptions(PluginOptions):
     trigger_after_segments: int = Field(3, ge=1, description="consecutive negative segments before the trigger")
     negative_labels: list[str] = Field(default_factory=lambda: list(DEFAULT_NEGATIVE_LABELS))
     output_channel: str | None = Field(None, description="Rasa output_channel for the triggered intent, e.g. latest")
-    request_timeout_s: float = Field(3.0, gt=0)
 
     @field_validator("conversation_id_pattern")
     @classmethod
@@ -93,7 +90,7 @@ class _NegativeRun:
     trigger_pending_segment: int | None = None  # trigger decided at this segment, not yet accepted
 
 
-class RasaPlugin(Plugin[RasaOptions]):
+class RasaPlugin(HttpPlugin[RasaOptions]):
     """Keeps a Rasa conversation's emotion slot current; triggers an intent on persistent distress."""
 
     Options: ClassVar[type[PluginOptions]] = RasaOptions
@@ -101,19 +98,8 @@ class RasaPlugin(Plugin[RasaOptions]):
 
     def __init__(self, options: RasaOptions | None = None, *, name: str | None = None) -> None:
         super().__init__(options, name=name)
-        self._aiohttp = require("aiohttp", plugin=self.name)
-        self._session: Any | None = None
         self._pattern = re.compile(self.options.conversation_id_pattern) if self.options.conversation_id_pattern else None
         self._runs: OrderedDict[str, _NegativeRun] = OrderedDict()
-
-    async def start(self, context: PluginContext) -> None:
-        await super().start(context)
-        self._ensure_session()
-
-    async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def conversation_id(self, event: EmotionEvent) -> str:
         """The Rasa conversation (sender) id of an event, by the configured rule."""
@@ -194,8 +180,3 @@ class RasaPlugin(Plugin[RasaOptions]):
             f"rasa {url} answered HTTP {status}: {detail}", retryable=status >= 500 or status == 429
         )
 
-    def _ensure_session(self) -> Any:
-        if self._session is None:
-            timeout = self._aiohttp.ClientTimeout(total=self.options.request_timeout_s)
-            self._session = self._aiohttp.ClientSession(timeout=timeout)
-        return self._session

@@ -31,9 +31,10 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from emostream.plugins.api import Plugin, PluginContext, PluginDeliveryError, PluginOptions, require
+from emostream.plugins.api import PluginDeliveryError, PluginOptions
+from emostream.plugins.http import HttpPlugin, HttpPluginOptions
 from emostream.schemas.event import EmotionEvent
 from pydantic import AnyHttpUrl, Field, SecretStr
 
@@ -120,38 +121,17 @@ def webhook_body(event: EmotionEvent, *, delivery_id: str | None = None) -> byte
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-class WebhookOptions(PluginOptions):
+class WebhookOptions(HttpPluginOptions):
     url: AnyHttpUrl = Field(description="where events are POSTed")
     secret: SecretStr = Field(min_length=16, description="HMAC-SHA256 key shared with the receiver (>= 16 chars)")
-    request_timeout_s: float = Field(3.0, gt=0, description="one HTTP request longer than this fails (retryable)")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers, e.g. an API key")
 
 
-class WebhookPlugin(Plugin[WebhookOptions]):
+class WebhookPlugin(HttpPlugin[WebhookOptions]):
     """POSTs each event, signed, to a URL."""
 
     Options: ClassVar[type[PluginOptions]] = WebhookOptions
     kind: ClassVar[str] = "webhook"
-
-    def __init__(self, options: WebhookOptions | None = None, *, name: str | None = None) -> None:
-        super().__init__(options, name=name)
-        self._aiohttp = require("aiohttp", plugin=self.name)
-        self._session: Any | None = None
-
-    async def start(self, context: PluginContext) -> None:
-        await super().start(context)
-        self._ensure_session()
-
-    async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _ensure_session(self) -> Any:
-        if self._session is None:
-            timeout = self._aiohttp.ClientTimeout(total=self.options.request_timeout_s)
-            self._session = self._aiohttp.ClientSession(timeout=timeout)
-        return self._session
 
     def signed_headers(self, body: bytes, event: EmotionEvent, *, timestamp_s: int | None = None) -> dict[str, str]:
         sent_at_s = int(time.time()) if timestamp_s is None else timestamp_s
