@@ -15,13 +15,8 @@ from emostream.schemas.settings import KafkaSettings, RedisSettings
 def async_redis_client(redis_settings: RedisSettings, *, plugin: str = "emostream", url: str | None = None) -> Any:
     """A `redis.asyncio.Redis` for `url` (default: the settings' url) with the settings' auth / TLS."""
     redis_asyncio = require("redis.asyncio", plugin=plugin, extra="redis")
-    options: dict[str, Any] = {"socket_timeout": max(redis_settings.socket_timeout_s, 5.0)}
-    if redis_settings.password is not None:
-        options["password"] = redis_settings.password.get_secret_value()
-    if redis_settings.username:
-        options["username"] = redis_settings.username
-    if redis_settings.ssl_ca_certs:
-        options["ssl_ca_certs"] = redis_settings.ssl_ca_certs
+    options: dict[str, Any] = {"socket_timeout": max(redis_settings.socket_timeout_s, 5.0),
+                               **redis_settings.auth_options()}
     return redis_asyncio.Redis.from_url(url or redis_settings.url, **options)
 
 

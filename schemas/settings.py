@@ -54,6 +54,18 @@ class RedisSettings(BaseModel):
     retry_interval_s: float = Field(1.0, gt=0, description="how often a worker retries Redis after a failure")
 
 
+    def auth_options(self) -> dict[str, str]:
+        """redis-py connection options for AUTH and TLS that are not in the url."""
+        options: dict[str, str] = {}
+        if self.password is not None:
+            options["password"] = self.password.get_secret_value()
+        if self.username:
+            options["username"] = self.username
+        if self.ssl_ca_certs:
+            options["ssl_ca_certs"] = self.ssl_ca_certs
+        return options
+
+
 class VadSettings(BaseModel):
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode: 0 least, 3 most aggressive")
     frame_ms: int = Field(30, description="webrtcvad frame: 10, 20 or 30")

@@ -92,13 +92,8 @@ def connect(settings: RedisSettings) -> aioredis.Redis:
         "socket_connect_timeout": settings.socket_timeout_s,
         "health_check_interval": 0,
         "retry_on_timeout": False,
+        **settings.auth_options(),
     }
-    if settings.password is not None:
-        options["password"] = settings.password.get_secret_value()
-    if settings.username:
-        options["username"] = settings.username
-    if settings.ssl_ca_certs:
-        options["ssl_ca_certs"] = settings.ssl_ca_certs
     return aioredis.Redis.from_url(settings.url, **options)
 
 

@@ -281,18 +281,3 @@ def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
         return 1
     print(f"demo     {results} results for stream {stream_id}", flush=True)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run this command alone (`python -m emostream.workers.commands.up ...`)."""
-    parser = argparse.ArgumentParser(prog="emostream")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["up", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
