@@ -53,6 +53,7 @@ def extract_features(
         labels=list(label_set),
         speakers=[clip.speaker for clip, _ in kept],
         paths=[str(clip.path) for clip, _ in kept],
+        settings=settings,
     )
     return table, errors
 

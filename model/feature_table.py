@@ -1,9 +1,15 @@
 """A corpus as model inputs: features, labels and speakers of every clip, saved as one .npz."""
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from emostream.schemas.model_card import FeatureSettings
+
+
+class FeatureTableError(ValueError):
+    """A feature table is unreadable, or was made with other feature settings than the model needs."""
 
 
 @dataclass
@@ -15,13 +21,32 @@ class FeatureTable:
     labels: list[str]
     speakers: list[str]
     paths: list[str]
+    settings: FeatureSettings | None = None  # how the features were made; None in tables from before 0.2
 
     def save(self, path: Path) -> None:
+        settings = json.dumps(self.settings.model_dump(mode="json")) if self.settings else ""
         np.savez(path, features=self.features, label_ids=self.label_ids, labels=np.array(self.labels),
-                 speakers=np.array(self.speakers), paths=np.array(self.paths))
+                 speakers=np.array(self.speakers), paths=np.array(self.paths), settings=np.array(settings))
 
     @classmethod
     def load(cls, path: Path) -> "FeatureTable":
-        with np.load(path, allow_pickle=False) as data:
-            return cls(features=data["features"], label_ids=data["label_ids"], labels=data["labels"].tolist(),
-                       speakers=data["speakers"].tolist(), paths=data["paths"].tolist())
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                settings = str(data["settings"]) if "settings" in data else ""
+                return cls(features=data["features"], label_ids=data["label_ids"], labels=data["labels"].tolist(),
+                           speakers=data["speakers"].tolist(), paths=data["paths"].tolist(),
+                           settings=FeatureSettings.model_validate_json(settings) if settings else None)
+        except (OSError, ValueError, KeyError) as error:
+            raise FeatureTableError(f"{path}: not a readable feature table ({error})") from None
+
+    def check_matches(self, settings: FeatureSettings, source: Path | str) -> None:
+        """Refuse a table made with other feature settings (or of another input shape) than `settings`."""
+        if self.settings is not None and self.settings.model_dump(exclude={"long_input", "window_hop_samples"}) != \
+                settings.model_dump(exclude={"long_input", "window_hop_samples"}):
+            differing = sorted(k for k, v in settings.model_dump().items() if getattr(self.settings, k) != v)
+            raise FeatureTableError(f"{source}: features made with other settings ({', '.join(differing)} differ "
+                                    "from the model's); recompute them with --data")
+        expected = (settings.input_frames, settings.n_coefficients)
+        if tuple(self.features.shape[1:]) != expected:
+            raise FeatureTableError(f"{source}: features of shape {tuple(self.features.shape[1:])} per clip, the "
+                                    f"model's settings need {expected} (frames, coefficients); recompute them")

@@ -39,9 +39,14 @@ class PLBConfig:
     routing_softmax: str = "inputs"  # c = softmax(b) over input capsules (weighted mean) or "outputs"
     pool_before_capsules: bool = True  # 2x2 average pool after DWSCNN: L = 264 instead of 1,320
     keras_init: bool = True  # Glorot-uniform weights, zero biases: the thesis's TensorFlow defaults
+    input_normalisation: str = "none"  # "per-coefficient": standardise each MFCC coefficient (fitted stats)
+    logit_scale: float = 1.0  # constant factor on the logits (no parameter); see model/PLB.md
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+INPUT_NORMALISATIONS = ("none", "per-coefficient")
 
 
 def valid_length(length: int, kernel_size: int, dilation: int = 1) -> int:
@@ -225,9 +230,31 @@ class PLBNet(nn.Module):
         self.classifier = nn.Linear(c.capsule_dim, c.num_classes)
         if c.keras_init:
             self.apply(_keras_init)
+        if c.input_normalisation not in INPUT_NORMALISATIONS:
+            raise ValueError(f"input_normalisation {c.input_normalisation!r} unknown; "
+                             f"use one of {', '.join(INPUT_NORMALISATIONS)}")
+        if c.input_normalisation == "per-coefficient":
+            # Statistics, not parameters: fitted on the training set, saved with the weights.
+            self.register_buffer("input_mean", torch.zeros(c.input_coefficients))
+            self.register_buffer("input_std", torch.ones(c.input_coefficients))
+
+    def fit_input_normalisation(self, features: torch.Tensor) -> None:
+        """Fit the input statistics on training features (clips, frames, coefficients); no-op if off."""
+        if self.config.input_normalisation == "per-coefficient":
+            flat = features.reshape(-1, features.shape[-1]).double()
+            self.input_mean.copy_(flat.mean(dim=0))
+            self.input_std.copy_(flat.std(dim=0).clamp_min(1e-3))
+
+    def input_fill_value(self) -> torch.Tensor | None:
+        """The raw input value that normalises to 0 (what SpecAugment masks fill with), (1,1,1,F)."""
+        if self.config.input_normalisation == "per-coefficient":
+            return self.input_mean.detach().clone()[None, None, None, :]
+        return None
 
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
         """mfcc: (B, 1, frames, coefficients) float32 -> logits (B, num_classes)."""
+        if self.config.input_normalisation == "per-coefficient":
+            mfcc = (mfcc - self.input_mean) / self.input_std
         forward_patterns = self.cbam(self.forward_block(mfcc))
         reverse_patterns = self.cbam(self.reverse_block(torch.flip(mfcc, dims=[2])))
         fused = cross_attention(forward_patterns, reverse_patterns)
@@ -237,7 +264,7 @@ class PLBNet(nn.Module):
         capsules = x.permute(0, 2, 3, 1).reshape(batch, -1, self.config.capsule_dim)
         capsules = self.self_attention(capsules)
         routed = self.routing(capsules)
-        return self.classifier(routed.mean(dim=1))
+        return self.classifier(routed.mean(dim=1)) * self.config.logit_scale
 
 
 def count_parameters(model: nn.Module) -> int:

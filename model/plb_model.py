@@ -27,7 +27,7 @@ class PLBEmotionModel(EmotionModel):
         windows, counts = batch_windows(waveforms, sample_rate_hz, self.card.features)
         with torch.inference_mode():
             inputs = torch.from_numpy(windows).unsqueeze(1).contiguous(memory_format=torch.channels_last)
-            probabilities = torch.softmax(self.network(inputs), dim=1).numpy()
+            probabilities = torch.softmax(self.network(inputs) / self.card.score_temperature, dim=1).numpy()
         predictions = []
         start = 0
         for count in counts:

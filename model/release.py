@@ -7,7 +7,8 @@ from typing import Any
 from emostream.model.checkpoint import save_checkpoint
 from emostream.model.feature_table import FeatureTable
 from emostream.model.plb import PLBConfig, count_parameters, count_parameters_with_bn_statistics
-from emostream.model.training import TrainingRecipe, pick_device, train_plb
+from emostream.model.recipes import TrainingRecipe
+from emostream.model.training import pick_device, train_plb
 from emostream.schemas.model_card import FeatureSettings, ModelCard
 
 
@@ -22,8 +23,9 @@ def train_release(
     device: str = "auto",
     metrics: dict[str, Any] | None = None,
     progress: bool = True,
+    config: PLBConfig | None = None,
 ) -> ModelCard:
-    config = PLBConfig(num_classes=len(table.labels))
+    config = config or PLBConfig(num_classes=len(table.labels))
     out_folder.mkdir(parents=True, exist_ok=True)
     model, history = train_plb(table.features, table.label_ids, config, recipe, pick_device(device),
                                state_path=out_folder / "training-state.pt", progress=progress, description=name)
@@ -44,8 +46,9 @@ def train_release(
             "speakers": sorted(set(table.speakers)),
             "class_counts": {label: int((table.label_ids == i).sum()) for i, label in enumerate(table.labels)},
             "recipe": recipe.to_dict(),
-            "final_train_loss": history[-1]["loss"] if history else None,
-            "final_train_accuracy": history[-1]["train_accuracy"] if history else None,
+            "final_train_loss": history[-1].loss if history else None,
+            "final_train_accuracy": history[-1].train_accuracy if history else None,
+            "learning_curve": [record.to_dict() for record in history],
         },
         metrics=metrics or {},
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -28,6 +28,11 @@ class FeatureSettings(BaseModel):
     )
     onset_threshold_db: float = Field(-35.0, description="frame RMS relative to the loudest 20 ms frame")
 
+    @property
+    def input_frames(self) -> int:
+        """Frames of one input window (centred frames, as librosa computes them)."""
+        return 1 + self.input_samples // self.hop_length
+
 
 class ModelCard(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
@@ -41,6 +46,9 @@ class ModelCard(BaseModel):
     parameter_count: int = Field(description="trainable parameters")
     parameter_count_with_bn_statistics: int | None = Field(
         None, description="trainable + BatchNorm running statistics (Keras' convention, as the PLB thesis counts)"
+    )
+    score_temperature: float = Field(
+        1.0, gt=0, description="scores are softmax(logits / T); T fitted on held-out folds (temperature scaling)"
     )
     weights_file: str = Field(description="safetensors file beside the card")
     weights_sha256: str

@@ -1,4 +1,5 @@
-"""The recipe learns: the network overfits a small set of real speech, and training resumes exactly."""
+"""The training engine: the recipe learns real speech, an interrupted run resumes to the same weights,
+compiled and eager agree, and a state file that does not belong to the run is refused by name."""
 
 import json
 from pathlib import Path
@@ -11,7 +12,9 @@ from _model_helpers import FIXTURES, SPEECH_WAV
 from emostream.model.feature_table import FeatureTable
 from emostream.model.features import utterance_windows
 from emostream.model.plb import PLBConfig
-from emostream.model.training import TrainingRecipe, learning_rate_factor, predict_logits, train_plb
+from emostream.model.plb import PLBNet
+from emostream.model.recipes import TrainingRecipe, learning_rate_factor, production_recipe
+from emostream.model.training import TrainingStateError, predict_logits, train_plb
 from emostream.schemas.model_card import FeatureSettings
 
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
@@ -38,13 +41,20 @@ def test_lr_schedule_is_the_thesis_one() -> None:
     assert learning_rate_factor(24, compressed) == 1 and learning_rate_factor(25, compressed) == pytest.approx(0.15)
 
 
+def test_production_schedule_warms_up_then_decays_to_zero() -> None:
+    recipe = production_recipe(epochs=20)
+    factors = [learning_rate_factor(e, recipe) for e in range(20)]
+    assert factors[:3] == pytest.approx([0.25, 0.5, 0.75]) and factors[3] == 1.0
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:], strict=False)) and factors[-1] < 0.01
+
+
 def test_overfits_real_speech_utterances() -> None:
     features, labels = fixture_utterances()
     features, labels = np.repeat(features, 8, axis=0), np.repeat(labels, 8)  # 90 optimiser steps in all
-    _, history = train_plb(features, labels, PLBConfig(num_classes=3), TrainingRecipe(epochs=30, batch_size=8),
-                           CPU, progress=False)
-    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
-    assert history[-1]["train_accuracy"] >= 0.9
+    _, history = train_plb(features, labels, PLBConfig(num_classes=3),
+                           TrainingRecipe(epochs=30, batch_size=8, compile=False), CPU, progress=False)
+    assert history[-1].loss < 0.5 * history[0].loss
+    assert history[-1].train_accuracy >= 0.9
 
 
 @pytest.mark.skipif(not (RAVDESS / "labels.csv").is_file(), reason=f"RAVDESS not found at {RAVDESS}")
@@ -56,23 +66,99 @@ def test_learns_real_emotional_speech(tmp_path: Path) -> None:
     table, errors = extract_features(clips, FeatureSettings(), workers=1)
     assert not errors and len(table.labels) == 2
     model, history = train_plb(table.features, table.label_ids, PLBConfig(num_classes=2),
-                               TrainingRecipe(epochs=30, batch_size=8), CPU, progress=False)
+                               TrainingRecipe(epochs=30, batch_size=8, compile=False), CPU, progress=False)
     accuracy = (predict_logits(model, table.features, CPU).argmax(axis=1) == table.label_ids).mean()
     assert accuracy >= 0.9, history[-1]
 
 
-def test_training_resumes_where_it_stopped(tmp_path: Path) -> None:
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(epoch: int):
+    def stop(record) -> None:
+        if record.epoch == epoch:
+            raise Interrupted
+    return stop
+
+
+def _four_clips() -> tuple[np.ndarray, np.ndarray]:
     features, labels = fixture_utterances()
-    config = PLBConfig(num_classes=3)
-    recipe = TrainingRecipe(epochs=4, batch_size=3, checkpoint_every_epochs=2)
-    straight, _ = train_plb(features, labels, config, recipe, CPU, progress=False)
+    return np.concatenate([features, features[:1]]), np.concatenate([labels, labels[:1]])
+
+
+@pytest.mark.parametrize("recipe", [
+    TrainingRecipe(epochs=4, batch_size=3, checkpoint_every_epochs=2, compile=False),
+    production_recipe(epochs=4, batch_size=3, checkpoint_every_epochs=2, compile=False),  # every augmentation on
+], ids=["thesis", "production"])
+def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path: Path, recipe: TrainingRecipe) -> None:
+    features, labels = _four_clips()  # 4 clips, batch 3: a different dropped remainder every epoch
+    config = PLBConfig(num_classes=3, input_normalisation="per-coefficient")
+    straight, straight_history = train_plb(features, labels, config, recipe, CPU, progress=False)
     state = tmp_path / "state.pt"
-    train_plb(features, labels, config, TrainingRecipe(epochs=2, batch_size=3, checkpoint_every_epochs=2), CPU,
-              state_path=state, progress=False)
+    with pytest.raises(Interrupted):  # dies in epoch 3, after the checkpoint of epoch 2
+        train_plb(features, labels, config, recipe, CPU, state_path=state, progress=False,
+                  on_epoch_end=_interrupt_at(2))
     resumed, history = train_plb(features, labels, config, recipe, CPU, state_path=state, progress=False)
-    assert [h["epoch"] for h in history] == [2, 3]
+    assert [h.epoch for h in history] == [0, 1, 2, 3]  # the saved history continues
+    assert [h.loss for h in history] == pytest.approx([h.loss for h in straight_history], abs=1e-6)
     for name, tensor in straight.state_dict().items():
-        torch.testing.assert_close(resumed.state_dict()[name], tensor, msg=name)
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, msg=name, rtol=0, atol=1e-7)
+
+
+def test_a_state_of_another_recipe_or_data_set_is_refused_by_name(tmp_path: Path) -> None:
+    features, labels = _four_clips()
+    config = PLBConfig(num_classes=3)
+    state = tmp_path / "state.pt"
+    recipe = TrainingRecipe(epochs=2, batch_size=3, checkpoint_every_epochs=1, compile=False)
+    with pytest.raises(Interrupted):
+        train_plb(features, labels, config, recipe, CPU, state_path=state, progress=False,
+                  on_epoch_end=_interrupt_at(0))
+    other = production_recipe(epochs=2, batch_size=3, compile=False)
+    with pytest.raises(TrainingStateError, match=r"state\.pt: written for another recipe"):
+        train_plb(features, labels, config, other, CPU, state_path=state, progress=False)
+    with pytest.raises(TrainingStateError, match=r"state\.pt: written for another data"):
+        train_plb(features[:3], labels[:3], config, recipe, CPU, state_path=state, progress=False)
+    extended = TrainingRecipe(epochs=3, batch_size=3, checkpoint_every_epochs=1, compile=False)
+    _, history = train_plb(features, labels, config, extended, CPU, state_path=state, progress=False)
+    assert [h.epoch for h in history] == [0, 1, 2]  # a longer run of the same step schedule resumes
+
+
+def test_a_corrupt_or_partial_state_is_refused_by_name(tmp_path: Path) -> None:
+    features, labels = _four_clips()
+    recipe = TrainingRecipe(epochs=1, batch_size=3, compile=False)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not a torch file")
+    with pytest.raises(TrainingStateError, match="corrupt.pt: not a readable training state"):
+        train_plb(features, labels, PLBConfig(num_classes=3), recipe, CPU, state_path=corrupt, progress=False)
+    partial = tmp_path / "partial.pt"
+    torch.save({"format": 2, "model": {}}, partial)
+    with pytest.raises(TrainingStateError, match=r"partial.pt: partial training state, missing \['generators'"):
+        train_plb(features, labels, PLBConfig(num_classes=3), recipe, CPU, state_path=partial, progress=False)
+
+
+def test_compiled_and_eager_network_agree() -> None:
+    features, _ = fixture_utterances()
+    torch.manual_seed(0)
+    network = PLBNet(PLBConfig(num_classes=3, input_normalisation="per-coefficient"))
+    network.fit_input_normalisation(torch.from_numpy(features))
+    network.eval()
+    inputs = torch.from_numpy(features).unsqueeze(1)
+    with torch.no_grad():
+        eager = network(inputs)
+        compiled = torch.compile(network)(inputs)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_training_learns_like_eager() -> None:
+    features, labels = _four_clips()
+    recipe = TrainingRecipe(epochs=3, batch_size=4)
+    eager, eager_history = train_plb(features, labels, PLBConfig(num_classes=3),
+                                     TrainingRecipe(epochs=3, batch_size=4, compile=False), CPU, progress=False)
+    compiled, compiled_history = train_plb(features, labels, PLBConfig(num_classes=3), recipe, CPU, progress=False)
+    assert [h.loss for h in compiled_history] == pytest.approx([h.loss for h in eager_history], rel=1e-3)
+    for name, tensor in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[name], tensor, msg=name, rtol=1e-3, atol=1e-4)
 
 
 def test_feature_table_round_trip(tmp_path: Path) -> None:

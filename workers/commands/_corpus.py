@@ -22,7 +22,9 @@ def corpus_table(args: argparse.Namespace, labels: list[str] | None = None):  # 
     from emostream.model.feature_table import FeatureTable
 
     if getattr(args, "features", None):
-        return FeatureTable.load(args.features), []
+        table = FeatureTable.load(args.features)
+        table.check_matches(FeatureSettings(), args.features)
+        return table, []
     if args.data is None:
         raise SystemExit("give --data DIR (a labelled corpus) or --features FILE.npz")
     from emostream.model.datasets import load_corpus

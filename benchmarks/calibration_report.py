@@ -1,0 +1,50 @@
+"""Calibration of a recipe's scores from its cross-validation folds' held-out logits.
+
+Temperature scaling is fitted per fold on the other folds (so the ECE after scaling is a held-out
+figure) and once on all folds (the temperature to ship in the card's `score_temperature`). Prints
+the ECE before and after and accuracy against coverage when results under a confidence threshold
+are labelled `uncertain`; --png draws that curve.
+
+    python benchmarks/calibration_report.py --cv-dir .devdata/cv-ravdess-speaker-production \
+        --png model/checkpoints/plb-ravdess8/coverage.png
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from emostream.model.calibration import accuracy_against_coverage, cross_fitted_calibration, plot_coverage
+from emostream.model.feature_table import FeatureTable
+from scipy.special import softmax
+
+THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cv-dir", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True, help="the feature table the folds were made from")
+    parser.add_argument("--png", type=Path)
+    args = parser.parse_args()
+    table = FeatureTable.load(args.features)
+    folds = [json.loads(p.read_text()) for p in sorted(args.cv_dir.glob("fold-*.json"))]
+    if len(folds) < 2:
+        raise SystemExit(f"{args.cv_dir}: {len(folds)} finished fold(s); cross-fitting needs two or more")
+    logits = [np.asarray(f["test_logits"], dtype=np.float64) for f in folds]
+    labels = [table.label_ids[np.asarray(f["test_indices"])] for f in folds]
+    result = cross_fitted_calibration(logits, labels)
+    before = accuracy_against_coverage(softmax(np.concatenate(logits), axis=1), result["labels"], THRESHOLDS)
+    after = accuracy_against_coverage(result["probabilities_after"], result["labels"], THRESHOLDS)
+    if args.png:
+        plot_coverage(after, args.png, f"{args.cv_dir.name}: {len(folds)} folds, temperature-scaled")
+    print(json.dumps({
+        "cv_dir": str(args.cv_dir), "folds": len(folds), "clips": int(len(result["labels"])),
+        "temperature": round(result["temperature"], 4), "fold_temperatures": result["fold_temperatures"],
+        "ece_before": round(result["ece_before"], 4), "ece_after_held_out": round(result["ece_after"], 4),
+        "coverage_before": [p.to_dict() for p in before], "coverage_after": [p.to_dict() for p in after],
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""`emostream train` and `emostream crossval` on a tiny real subset, end to end, and their bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from _model_helpers import FIXTURES, SPEECH_WAV
+from emostream.model.checkpoint import load_plb
+from emostream.model.feature_table import FeatureTable
+from emostream.schemas.model_card import FeatureSettings
+
+
+def emostream(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emostream.workers.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture's three spoken utterances, twice each with gain changes, as a labels.csv corpus."""
+    folder = tmp_path_factory.mktemp("corpus")
+    audio, rate_hz = sf.read(SPEECH_WAV, dtype="float32")
+    spans = json.loads((FIXTURES / "speech.json").read_text())["utterances"]
+    rows = ["path,label,speaker"]
+    for n, span in enumerate(spans):
+        piece = audio[int(span["start_ms"] * rate_hz / 1000) : int(span["end_ms"] * rate_hz / 1000)]
+        for copy, gain in enumerate((1.0, 0.5)):
+            sf.write(folder / f"u{n}-{copy}.wav", piece * gain, rate_hz)
+            rows.append(f"u{n}-{copy}.wav,{['calm', 'angry', 'sad'][n]},s{copy}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_train_writes_a_loadable_checkpoint_with_its_card(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    done = emostream("train", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--recipe", "production",
+                     "--epochs", "3", "--batch-size", "3", "--eager", "--quiet", "--workers", "1",
+                     "--name", "tiny", "--version", "7", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["labels"] == ["angry", "calm", "sad"]
+    assert "tiny epoch 3/3 eager" in done.stderr  # one progress line per epoch under --quiet
+    network, card = load_plb(out)
+    assert card.version == "7" and card.training["recipe"]["name"] == "production"
+    assert card.architecture_options["input_normalisation"] == "per-coefficient"
+    assert len(card.training["learning_curve"]) == 3
+    assert float(network.input_std.min()) > 0  # statistics fitted on the corpus, saved with the weights
+    assert not (out / "training-state.pt").exists()
+
+
+def test_crossval_reports_every_fold_and_resumes_nothing_twice(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    arguments = ("crossval", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--protocol", "speaker",
+                 "--folds", "2", "--epochs", "2", "--batch-size", "2", "--eager", "--quiet", "--workers", "1",
+                 "--out", str(out), "--plot", str(tmp_path / "cm.png"))
+    done = emostream(*arguments)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["folds"] == 2 and len(summary["war_percent_per_fold"]) == 2
+    fold = json.loads((out / "fold-00.json").read_text())
+    assert len(fold["test_logits"]) == fold["test_clips"] == 3 and len(fold["learning_curve"]) == 2
+    assert (tmp_path / "cm.png").stat().st_size > 0
+    again = emostream(*arguments)  # finished folds are kept, not retrained
+    assert again.returncode == 0 and "epoch" not in again.stderr
+
+
+def test_a_feature_table_of_other_settings_is_refused_by_name(tmp_path: Path) -> None:
+    table = FeatureTable(np.zeros((4, 196, 20), np.float32), np.array([0, 1, 0, 1]), ["a", "b"], ["1"] * 4,
+                         ["x"] * 4, FeatureSettings(n_coefficients=20))
+    path = tmp_path / "other.npz"
+    table.save(path)
+    done = emostream("train", "--features", str(path), "--epochs", "1", "--name", "x", "--out", str(tmp_path / "m"))
+    assert done.returncode == 2
+    assert f"error: {path}: features made with other settings (n_coefficients differ" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_resume_from_another_recipe_is_refused_by_name(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    state = out / "training-state.pt"
+    torch.save({"format": 2, "identity": {"recipe": "0123", "data": "x", "model": "y"}, "model": {}, "optimizer": {},
+                "next_epoch": 1, "generators": {}, "torch_rng": torch.get_rng_state()}, state)
+    done = emostream("train", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--epochs", "2",
+                     "--eager", "--quiet", "--workers", "1", "--name", "x", "--out", str(out))
+    assert done.returncode == 2
+    assert f"error: {state}: written for another recipe ('0123'" in done.stderr
