@@ -14,7 +14,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from emostream.model.calibration import accuracy_against_coverage, cross_fitted_calibration, plot_coverage
+from emostream.model.calibration import (
+    accuracy_against_coverage,
+    cross_fitted_calibration,
+    plot_coverage,
+)
 from emostream.model.feature_table import FeatureTable
 from scipy.special import softmax
 
@@ -39,7 +43,7 @@ def main() -> None:
     if args.png:
         plot_coverage(after, args.png, f"{args.cv_dir.name}: {len(folds)} folds, temperature-scaled")
     print(json.dumps({
-        "cv_dir": str(args.cv_dir), "folds": len(folds), "clips": int(len(result["labels"])),
+        "cv_dir": str(args.cv_dir), "folds": len(folds), "clips": len(result["labels"]),
         "temperature": round(result["temperature"], 4), "fold_temperatures": result["fold_temperatures"],
         "ece_before": round(result["ece_before"], 4), "ece_after_held_out": round(result["ece_after"], 4),
         "coverage_before": [p.to_dict() for p in before], "coverage_after": [p.to_dict() for p in after],

@@ -19,22 +19,21 @@ import torch
 from emostream.model.analysis import utterances
 from emostream.model.audio_io import read_audio
 from emostream.model.checkpoint import save_checkpoint
+from emostream.model.crossval import load_fold_network
 from emostream.model.feature_table import FeatureTable
 from emostream.model.features import resample
 from emostream.model.metrics import weighted_average_recall
-from emostream.model.plb import PLBConfig, PLBNet, count_parameters
+from emostream.model.plb import count_parameters
 from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.vad import VAD_SAMPLE_RATE_HZ, EndpointerParams
 from emostream.schemas.model_card import FeatureSettings, ModelCard
-from safetensors.torch import load_file
 
 CROPS_S = (0.5, 1.0, 2.0, 3.0)
 
 
 def fold_model(fold_dir: Path, fold: int, labels: list[str], scratch: Path, features: FeatureSettings
                ) -> PLBEmotionModel:
-    network = PLBNet(PLBConfig(num_classes=len(labels)))
-    network.load_state_dict(load_file(str(fold_dir / f"fold-{fold:02d}.safetensors")))
+    network, _ = load_fold_network(fold_dir, fold)
     card = ModelCard(name=f"fold-{fold}", version="cv", architecture="plb", labels=labels, features=features,
                      architecture_options=network.config.to_dict(), parameter_count=count_parameters(network),
                      weights_file="", weights_sha256="")

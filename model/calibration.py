@@ -1,6 +1,7 @@
 """Scores that mean something: temperature scaling, expected calibration error, and accuracy against
 coverage when results under a confidence threshold are labelled `uncertain`."""
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ def expected_calibration_error(probabilities: np.ndarray, label_ids: np.ndarray,
     correct = probabilities.argmax(axis=1) == label_ids
     edges = np.linspace(0.0, 1.0, bins + 1)
     error = 0.0
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
+    for low, high in itertools.pairwise(edges):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             error += abs(correct[in_bin].mean() - confidence[in_bin].mean()) * in_bin.mean()

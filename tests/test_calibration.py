@@ -45,4 +45,5 @@ def test_cross_fitting_lowers_the_error_of_overconfident_scores() -> None:
         folds_labels.append(labels)
     result = cross_fitted_calibration(folds_logits, folds_labels)
     assert result["temperature"] > 2
-    assert result["ece_after"] < 0.05 < 0.3 < result["ece_before"]
+    assert result["ece_after"] < 0.05
+    assert result["ece_before"] > 0.3

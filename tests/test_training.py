@@ -1,6 +1,7 @@
 """The training engine: the recipe learns real speech, an interrupted run resumes to the same weights,
 compiled and eager agree, and a state file that does not belong to the run is refused by name."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -11,8 +12,7 @@ import torch
 from _model_helpers import FIXTURES, SPEECH_WAV
 from emostream.model.feature_table import FeatureTable
 from emostream.model.features import utterance_windows
-from emostream.model.plb import PLBConfig
-from emostream.model.plb import PLBNet
+from emostream.model.plb import PLBConfig, PLBNet
 from emostream.model.recipes import TrainingRecipe, learning_rate_factor, production_recipe
 from emostream.model.training import TrainingStateError, predict_logits, train_plb
 from emostream.schemas.model_card import FeatureSettings
@@ -45,7 +45,7 @@ def test_production_schedule_warms_up_then_decays_to_zero() -> None:
     recipe = production_recipe(epochs=20)
     factors = [learning_rate_factor(e, recipe) for e in range(20)]
     assert factors[:3] == pytest.approx([0.25, 0.5, 0.75]) and factors[3] == 1.0
-    assert all(a >= b for a, b in zip(factors[3:], factors[4:], strict=False)) and factors[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(factors[3:])) and factors[-1] < 0.01
 
 
 def test_overfits_real_speech_utterances() -> None:
