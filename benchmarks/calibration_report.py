@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--cv-dir", type=Path, required=True)
     parser.add_argument("--features", type=Path, required=True, help="the feature table the folds were made from")
     parser.add_argument("--png", type=Path)
+    parser.add_argument("--write-card", type=Path, metavar="CHECKPOINT",
+                        help="set this checkpoint's score_temperature and calibration figures (weights unchanged)")
     args = parser.parse_args()
     table = FeatureTable.load(args.features)
     folds = [json.loads(p.read_text()) for p in sorted(args.cv_dir.glob("fold-*.json"))]

@@ -26,10 +26,13 @@ def render(folder: Path) -> str:
         f"- Weights: `{card.weights_file}`, sha256 `{card.weights_sha256}`",
         f"- Created: {card.created_at}",
         "",
+        f"- Scores: softmax(logits / {card.score_temperature:g}) (temperature scaling; 1 = none)",
+        "",
         "## Training",
         "```json",
-        json.dumps(card.training, indent=1),
+        json.dumps({k: v for k, v in card.training.items() if k != "learning_curve"}, indent=1),
         "```",
+        *_learning_curve(card.training.get("learning_curve", [])),
         "",
         "## Measured figures",
     ]
@@ -38,6 +41,19 @@ def render(folder: Path) -> str:
     if card.notes:
         lines += ["## Notes", *(f"- {note}" for note in card.notes), ""]
     return "\n".join(lines) + "\n"
+
+
+def _learning_curve(records: list[dict[str, object]], every: int = 10) -> list[str]:
+    """Every `every`-th epoch (and the last) of the training history as a table."""
+    if not records:
+        return []
+    shown = [r for r in records if (int(r["epoch"]) + 1) % every == 0 or r is records[-1]]
+    lines = ["", "Learning curve (training set; accuracy on mixed / augmented batches where the recipe mixes):", "",
+             "| epoch | loss | train accuracy | learning rate | s / epoch |", "|---|---|---|---|---|"]
+    for r in shown:
+        lines.append(f"| {int(r['epoch']) + 1} | {float(r['loss']):.3f} | {100 * float(r['train_accuracy']):.1f} % "
+                     f"| {float(r['learning_rate']):.2e} | {float(r['seconds']):.1f} |")
+    return lines
 
 
 def main() -> None:

@@ -129,7 +129,8 @@ def run_crossval(
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [
         FoldJob(str(table_path), fold, train.tolist(), test.tolist(), recipe, str(out_dir), device,
-                progress and workers == 1, threads=max(1, (os.cpu_count() or 1) // workers), config=config)
+                progress and workers == 1, threads=max(1, len(os.sched_getaffinity(0)) // workers),
+                config=config)
         for fold, (train, test) in enumerate(make_folds(table, protocol, folds, recipe.seed))
         if only_folds is None or fold in only_folds
     ]

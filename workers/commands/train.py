@@ -1,4 +1,4 @@
-"""`emostream train` and `emostream crossval`: the PLB thesis's recipe on a labelled corpus."""
+"""`emostream train` and `emostream crossval`: a PLB recipe (the thesis's or ours) on a labelled corpus."""
 
 import argparse
 import json
@@ -20,17 +20,41 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-normalisation", choices=["none", "per-coefficient"], default=None,
                         help="standardise each MFCC coefficient with training-set statistics (default: none "
                         "for thesis, per-coefficient for production)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override one recipe or network field (ablations), e.g. mixup_alpha=0 or "
+                        "routing_softmax=outputs; repeatable; fields: model/recipes.py, model/plb.py")
     parser.add_argument("--eager", action="store_true", help="do not torch.compile the training step")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _overrides(args: argparse.Namespace, fields: set[str]) -> dict[str, object]:
+    """The --set FIELD=VALUE pairs that name one of `fields`; values are JSON where they parse."""
+    from emostream.model.plb import PLBConfig
+    from emostream.model.recipes import TrainingRecipe
+
+    known = set(TrainingRecipe.__dataclass_fields__) | set(PLBConfig.__dataclass_fields__)
+    chosen: dict[str, object] = {}
+    for pair in args.set:
+        name, separator, text = pair.partition("=")
+        if not separator or name not in known:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a field of the recipe or network "
+                             f"({', '.join(sorted(known))})")
+        if name in fields:
+            try:
+                chosen[name] = json.loads(text)
+            except json.JSONDecodeError:
+                chosen[name] = text
+    return chosen
+
+
 def _recipe(args: argparse.Namespace):  # -> TrainingRecipe
-    from emostream.model.recipes import RECIPES
+    from emostream.model.recipes import RECIPES, TrainingRecipe
 
     default_epochs = {"thesis": 300, "production": 100}[args.recipe]
-    return RECIPES[args.recipe](args.epochs or default_epochs, batch_size=args.batch_size, seed=args.seed,
-                                compile=not args.eager)
+    overrides = _overrides(args, set(TrainingRecipe.__dataclass_fields__))
+    return RECIPES[args.recipe](args.epochs or default_epochs, **{"batch_size": args.batch_size, "seed": args.seed,
+                                                                   "compile": not args.eager, **overrides})
 
 
 def _network(args: argparse.Namespace, num_classes: int):  # -> PLBConfig
@@ -39,9 +63,10 @@ def _network(args: argparse.Namespace, num_classes: int):  # -> PLBConfig
 
     features = FeatureSettings()
     default = {"thesis": "none", "production": "per-coefficient"}[args.recipe]
-    return PLBConfig(num_classes=num_classes, input_frames=features.input_frames,
-                     input_coefficients=features.n_coefficients,
-                     input_normalisation=args.input_normalisation or default)
+    return PLBConfig(**{"num_classes": num_classes, "input_frames": features.input_frames,
+                        "input_coefficients": features.n_coefficients,
+                        "input_normalisation": args.input_normalisation or default,
+                        **_overrides(args, set(PLBConfig.__dataclass_fields__) - {"num_classes"})})
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -95,9 +120,13 @@ def _report_skipped(errors: list[str]) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
     from emostream.model.release import train_release
     from emostream.schemas.model_card import FeatureSettings
 
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset, cgroups)
     _log_progress(args)
     table, errors = corpus_table(args)
     _report_skipped(errors)
