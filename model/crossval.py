@@ -70,14 +70,14 @@ def run_fold(job: FoldJob) -> dict[str, object]:
     model, history = train_plb(
         table.features[train], table.label_ids[train], config, job.recipe, device,
         state_path=out_dir / f"fold-{job.fold:02d}.state.pt", progress=job.progress, description=f"fold {job.fold}",
-        eval_set=(table.features[test], table.label_ids[test]),
+        eval_set=(table.original_features()[test], table.label_ids[test]),
     )
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(out_dir / f"fold-{job.fold:02d}.safetensors"))  # for later analyses of the held-out fold
     (out_dir / f"fold-{job.fold:02d}.state.pt").unlink(missing_ok=True)
-    logits = predict_logits(model, table.features[test], device)
+    logits = predict_logits(model, table.original_features()[test], device)
     predicted = logits.argmax(axis=1)
     result = {
         "fold": job.fold,
@@ -88,6 +88,7 @@ def run_fold(job: FoldJob) -> dict[str, object]:
         "train_seconds": round(time.time() - started, 1),
         "recipe": job.recipe.to_dict(),
         "network": config.to_dict(),
+        "waveform_variants": table.variants or ["original"],
         "final_train_loss": history[-1].loss if history else None,
         "final_train_accuracy": history[-1].train_accuracy if history else None,
         "learning_curve": [record.to_dict() for record in history],
@@ -101,18 +102,27 @@ def run_fold(job: FoldJob) -> dict[str, object]:
 def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: str, recipe: TrainingRecipe
               ) -> dict[str, object]:
     model = PLBNet(PLBConfig(num_classes=len(table.labels)))  # parameter counts: options add none
-    wars = [100 * float(r["war"]) for r in sorted(results, key=lambda r: r["fold"])]  # type: ignore[arg-type]
+    ordered = sorted(results, key=lambda r: r["fold"])  # type: ignore[arg-type, return-value]
+    wars = [100 * float(r["war"]) for r in ordered]  # type: ignore[arg-type]
+    uars = [100 * float(r["uar"]) for r in ordered]  # type: ignore[arg-type]
     confusion = np.sum([np.asarray(r["confusion_matrix"]) for r in results], axis=0)
     summary = fold_summary(wars)
     return {
         "protocol": protocol,
         "folds": len(results),
+        "folds_run": [r["fold"] for r in ordered],
         "clips": len(table.label_ids),
         "labels": table.labels,
         "recipe": recipe.to_dict(),
+        "network": ordered[0].get("network"),
+        "waveform_variants": table.variants or ["original"],
+        "final_train_accuracy_per_fold": [r.get("final_train_accuracy") for r in ordered],
         "war_percent_per_fold": [round(w, 2) for w in wars],
         "war_percent": {k: round(v, 2) for k, v in summary.items()},
-        "uar_percent_avg": round(100 * float(np.mean([r["uar"] for r in results])), 2),
+        "uar_percent_per_fold": [round(u, 2) for u in uars],
+        "uar_percent": {k: round(v, 2) for k, v in fold_summary(uars).items()},
+        "uar_percent_avg": round(float(np.mean(uars)), 2),
+        "macro_f1_per_fold": [round(float(r["macro_f1"]), 4) for r in ordered],  # type: ignore[arg-type]
         "macro_f1_avg": round(float(np.mean([r["macro_f1"] for r in results])), 4),
         "confusion_matrix_pooled": confusion.tolist(),
         "parameters": count_parameters(model),

@@ -16,26 +16,41 @@ class FeatureTableError(ValueError):
 class FeatureTable:
     """Features of labelled clips: one fixed-size input window per clip (the thesis's pad / trim)."""
 
-    features: np.ndarray  # float32 (clips, frames, coefficients)
+    features: np.ndarray  # float32 (clips, frames, coefficients), or (clips, variants, frames, coefficients)
     label_ids: np.ndarray  # int64 (clips,), indices into `labels`
     labels: list[str]
     speakers: list[str]
     paths: list[str]
     settings: FeatureSettings | None = None  # how the features were made; None in tables from before 0.2
+    variants: list[str] | None = None  # waveform variants of a 4-D table (model/waveform_augment.py), first = original
+
+    def __post_init__(self) -> None:
+        if (self.features.ndim == 4) != (self.variants is not None):
+            raise FeatureTableError("a feature table has a variant axis exactly when it names its variants")
+        if self.variants is not None and (self.variants[0] != "original" or len(self.variants) != self.features.shape[1]):
+            raise FeatureTableError(f"variants {self.variants} must start with 'original' and match the "
+                                    f"variant axis ({self.features.shape[1]})")
+
+    def original_features(self) -> np.ndarray:
+        """(clips, frames, coefficients): the clips as they are (what evaluation scores)."""
+        return self.features[:, 0] if self.variants is not None else self.features
 
     def save(self, path: Path) -> None:
         settings = json.dumps(self.settings.model_dump(mode="json")) if self.settings else ""
         np.savez(path, features=self.features, label_ids=self.label_ids, labels=np.array(self.labels),
-                 speakers=np.array(self.speakers), paths=np.array(self.paths), settings=np.array(settings))
+                 speakers=np.array(self.speakers), paths=np.array(self.paths), settings=np.array(settings),
+                 variants=np.array(self.variants or []))
 
     @classmethod
     def load(cls, path: Path) -> "FeatureTable":
         try:
             with np.load(path, allow_pickle=False) as data:
                 settings = str(data["settings"]) if "settings" in data else ""
+                variants = data["variants"].tolist() if "variants" in data else []
                 return cls(features=data["features"], label_ids=data["label_ids"], labels=data["labels"].tolist(),
                            speakers=data["speakers"].tolist(), paths=data["paths"].tolist(),
-                           settings=FeatureSettings.model_validate_json(settings) if settings else None)
+                           settings=FeatureSettings.model_validate_json(settings) if settings else None,
+                           variants=variants or None)
         except (OSError, ValueError, KeyError) as error:
             raise FeatureTableError(f"{path}: not a readable feature table ({error})") from None
 
@@ -47,6 +62,6 @@ class FeatureTable:
             raise FeatureTableError(f"{source}: features made with other settings ({', '.join(differing)} differ "
                                     "from the model's); recompute them with --data")
         expected = (settings.input_frames, settings.n_coefficients)
-        if tuple(self.features.shape[1:]) != expected:
-            raise FeatureTableError(f"{source}: features of shape {tuple(self.features.shape[1:])} per clip, the "
+        if tuple(self.features.shape[-2:]) != expected:
+            raise FeatureTableError(f"{source}: features of shape {tuple(self.features.shape[-2:])} per clip, the "
                                     f"model's settings need {expected} (frames, coefficients); recompute them")

@@ -45,6 +45,7 @@ def train_release(
             "clips": len(table.label_ids),
             "speakers": sorted(set(table.speakers)),
             "class_counts": {label: int((table.label_ids == i).sum()) for i, label in enumerate(table.labels)},
+            "waveform_variants": table.variants or ["original"],
             "recipe": recipe.to_dict(),
             "final_train_loss": history[-1].loss if history else None,
             "final_train_accuracy": history[-1].train_accuracy if history else None,

@@ -144,7 +144,8 @@ def train_network(
 ) -> list[EpochRecord]:
     """Train `model` in place on (clips, frames, coefficients) features; resumes from `state_path`.
 
-    Every epoch shuffles with its own generator and drops the last partial batch (static shapes for
+    A feature bank (clips, variants, frames, coefficients) trains on one variant per clip per epoch,
+    drawn uniformly (model/waveform_augment.py). Every epoch shuffles with its own generator and drops the last partial batch (static shapes for
     the compiled step; a different remainder each epoch). Loss and accuracy accumulate on the device
     and are read once per epoch. `eval_set` (features, labels) records a learning curve every
     `recipe.eval_every_epochs` without touching any random state, so it never changes the weights.
@@ -155,7 +156,8 @@ def train_network(
     shuffle = torch.Generator().manual_seed(recipe.seed)
     fill = model.input_fill_value() if hasattr(model, "input_fill_value") else None
     augmenter = BatchAugmenter(recipe, num_classes, seed=recipe.seed + 1, mask_fill=fill)
-    generators = {"shuffle": shuffle, "augment": augmenter.generator}
+    variant_draw = torch.Generator().manual_seed(recipe.seed + 2)
+    generators = {"shuffle": shuffle, "augment": augmenter.generator, "variants": variant_draw}
     identity = {"recipe": recipe.fingerprint(), "data": data_fingerprint(features, label_ids),
                 "model": type(model).__name__ + ":" + json.dumps(getattr(model, "config", PLBConfig()).__dict__,
                                                                   sort_keys=True, default=str)}
@@ -171,7 +173,9 @@ def train_network(
         torch.set_rng_state(state["torch_rng"])
         history = [EpochRecord(**record) for record in state.get("history", [])]
         log.info("%s: resumed from %s at epoch %d", description, state_path, start_epoch)
-    inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).unsqueeze(1).to(device)
+    bank = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    if bank.ndim == 3:
+        bank = bank.unsqueeze(1)  # one variant: the clips as they are
     targets = torch.from_numpy(np.asarray(label_ids, dtype=np.int64)).to(device)
     batch_size = min(recipe.batch_size, len(targets))
     if batch_size < 2:
@@ -186,11 +190,12 @@ def train_network(
             group["lr"] = recipe.learning_rate * learning_rate_factor(epoch, recipe)
         model.train()
         order = torch.randperm(len(targets), generator=shuffle).to(device)
+        chosen = torch.randint(bank.shape[1], (len(targets),), generator=variant_draw).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         for step in range(steps):
             batch = order[step * batch_size : (step + 1) * batch_size]
-            batch_inputs, batch_targets = augmenter(inputs[batch], targets[batch])
+            batch_inputs, batch_targets = augmenter(bank[batch, chosen[batch]].unsqueeze(1), targets[batch])
             loss, hits = stepper(batch_inputs, batch_targets, targets[batch])
             loss_sum += loss
             correct += hits
@@ -224,11 +229,13 @@ def train_plb(
     eval_set: tuple[np.ndarray, np.ndarray] | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
 ) -> tuple[PLBNet, list[EpochRecord]]:
-    """A PLBNet trained with `recipe`; its input normalisation (if any) is fitted on `features` first."""
+    """A PLBNet trained with `recipe`; its input normalisation (if any) is fitted on the clips as they
+    are (the first variant of a feature bank) first."""
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
     model = PLBNet(config)
-    model.fit_input_normalisation(torch.from_numpy(np.asarray(features, dtype=np.float32)))
+    originals = features[:, 0] if features.ndim == 4 else features
+    model.fit_input_normalisation(torch.from_numpy(np.asarray(originals, dtype=np.float32)))
     history = train_network(model, features, label_ids, config.num_classes, recipe, device, state_path, progress,
                             description, eval_set, on_epoch_end)
     return model, history

@@ -17,7 +17,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser, features_option: bool 
     parser.add_argument("--workers", type=int, default=2, help="processes for features / folds (default: %(default)s)")
 
 
-def corpus_table(args: argparse.Namespace, labels: list[str] | None = None):  # -> FeatureTable
+def corpus_table(args: argparse.Namespace, labels: list[str] | None = None,
+                 variants: list[str] | None = None):  # -> FeatureTable
     """The corpus's feature table (cached) and the messages of clips that could not be used."""
     from emostream.model.feature_table import FeatureTable
 
@@ -31,4 +32,5 @@ def corpus_table(args: argparse.Namespace, labels: list[str] | None = None):  # 
     from emostream.model.feature_cache import cached_features
 
     clips = load_corpus(args.data, args.labels, args.layout)
-    return cached_features(clips, FeatureSettings(), args.cache_dir, labels=labels, workers=args.workers)
+    return cached_features(clips, FeatureSettings(), args.cache_dir, labels=labels, workers=args.workers,
+                           variants=variants)

@@ -23,6 +23,10 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override one recipe or network field (ablations), e.g. mixup_alpha=0 or "
                         "routing_softmax=outputs; repeatable; fields: model/recipes.py, model/plb.py")
+    parser.add_argument("--waveform-variants", type=lambda text: text.split(","), metavar="NAME,...",
+                        help="with --data: a feature bank of these waveform variants per clip (model/"
+                        "waveform_augment.py: speed-0.9, speed-1.1, noise-20db, telephony, crop); one per clip "
+                        "per epoch is trained on. A --features table brings its own.")
     parser.add_argument("--eager", action="store_true", help="do not torch.compile the training step")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -128,7 +132,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset, cgroups)
     _log_progress(args)
-    table, errors = corpus_table(args)
+    table, errors = corpus_table(args, variants=args.waveform_variants)
     _report_skipped(errors)
     metrics = json.loads(args.metrics_json.read_text()) if args.metrics_json else None
     card = train_release(table, args.name, args.version, _recipe(args), args.out, FeatureSettings(),
@@ -143,7 +147,7 @@ def run_crossval(args: argparse.Namespace) -> int:
     from emostream.model.crossval import run_crossval as crossval
 
     _log_progress(args)
-    table, errors = corpus_table(args)
+    table, errors = corpus_table(args, variants=args.waveform_variants)
     _report_skipped(errors)
     table_path = args.features
     if table_path is None:
