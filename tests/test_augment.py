@@ -1,8 +1,13 @@
 """Batch augmentation: deterministic under a seed, and it keeps what it must (shape, rate, labels)."""
 
+from dataclasses import replace
+
 import torch
 from emostream.model.augment import BatchAugmenter, mask_spans
 from emostream.model.recipes import TrainingRecipe, production_recipe
+
+ALL_ON = production_recipe(mixup_alpha=0.2, time_masks=2, time_mask_frames=20, coefficient_masks=2,
+                           coefficient_mask_width=4)
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -12,7 +17,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_each_augmentation_is_deterministic_under_a_seed() -> None:
     inputs, labels = _batch()
-    for recipe in (production_recipe(), production_recipe(mixup_alpha=0), production_recipe(time_masks=0)):
+    for recipe in (ALL_ON, replace(ALL_ON, mixup_alpha=0), replace(ALL_ON, time_masks=0), production_recipe()):
         first = BatchAugmenter(recipe, 4, seed=3)(inputs, labels)
         again = BatchAugmenter(recipe, 4, seed=3)(inputs, labels)
         other = BatchAugmenter(recipe, 4, seed=4)(inputs, labels)
@@ -30,7 +35,7 @@ def test_nothing_switched_on_is_the_identity_with_one_hot_targets() -> None:
 
 def test_shapes_and_label_mass_are_kept() -> None:
     inputs, labels = _batch()
-    out, targets = BatchAugmenter(production_recipe(), 4, seed=0)(inputs, labels)
+    out, targets = BatchAugmenter(ALL_ON, 4, seed=0)(inputs, labels)
     assert out.shape == inputs.shape and out.dtype == inputs.dtype
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
     # mixup mixes two of the batch's own labels: all mass sits on labels present in the batch

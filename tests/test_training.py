@@ -89,7 +89,8 @@ def _four_clips() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("recipe", [
     TrainingRecipe(epochs=4, batch_size=3, checkpoint_every_epochs=2, compile=False),
-    production_recipe(epochs=4, batch_size=3, checkpoint_every_epochs=2, compile=False),  # every augmentation on
+    production_recipe(epochs=4, batch_size=3, checkpoint_every_epochs=2, compile=False, mixup_alpha=0.2,
+                      time_masks=2, time_mask_frames=20, coefficient_masks=2, coefficient_mask_width=4),  # all on
 ], ids=["thesis", "production"])
 def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path: Path, recipe: TrainingRecipe) -> None:
     features, labels = _four_clips()  # 4 clips, batch 3: a different dropped remainder every epoch
