@@ -74,6 +74,8 @@ def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
         "torch_rng": torch.get_rng_state(),
         "history": [record.to_dict() for record in history],
     }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()
     temporary = path.with_name(path.name + ".tmp")
     torch.save(state, temporary)
     temporary.replace(path)  # atomic: an interrupted save leaves the previous state
@@ -171,6 +173,8 @@ def train_network(
         for name, generator in generators.items():
             generator.set_state(state["generators"][name])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu())
         history = [EpochRecord(**record) for record in state.get("history", [])]
         log.info("%s: resumed from %s at epoch %d", description, state_path, start_epoch)
     bank = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
