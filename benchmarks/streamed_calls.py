@@ -2,7 +2,9 @@
 pipeline's own end-pointer, against the whole-clip accuracy of the same fold model.
 
 For every held-out speaker of a fold, the clips are shuffled (seeded), trimmed of their leading and
-trailing silence, and joined with pauses of 0.6-1.5 s of a -60 dBFS noise floor; a truth list keeps
+trailing silence, and joined with pauses of 0.6-1.5 s of a noise floor 40 dB below the speaker's
+median speech level (RAVDESS clips are quiet, about -47 dBFS; a fixed -60 dBFS floor made webrtcvad
+hear the pauses as speech); a truth list keeps
 each utterance's start, end and label. `emostream analyze`'s path (webrtcvad end-pointer, then the
 served model on each segment) runs on the call at 16 kHz and, with --telephony, on the same call as
 8 kHz G.711 mu-law. Segments are matched to utterances one to one: an utterance is found when exactly
@@ -35,7 +37,7 @@ from emostream.schemas.model_card import FeatureSettings, ModelCard
 from emostream.workers.codecs import decode_to_s16
 
 PAUSE_S = (0.6, 1.5)
-NOISE_FLOOR_DBFS = -60.0
+NOISE_BELOW_SPEECH_DB = 40.0
 TRIM_TOP_DB = 40.0  # RAVDESS clips have ~1 s of room tone around the sentence
 
 
@@ -58,17 +60,18 @@ def telephony(audio_16k: np.ndarray) -> np.ndarray:
 
 def compose_call(clips: list[np.ndarray], labels: list[str], generator: np.random.Generator
                  ) -> tuple[np.ndarray, list[dict[str, object]]]:
+    speeches = [librosa.effects.trim(audio, top_db=TRIM_TOP_DB)[0] for audio in clips]
+    noise_rms = float(np.median([np.sqrt(np.mean(np.square(s))) for s in speeches])) * 10 ** (-NOISE_BELOW_SPEECH_DB / 20)
     pieces, truth, cursor = [], [], 0
-    for audio, label in zip(clips, labels, strict=True):
+    for speech, label in zip(speeches, labels, strict=True):
         pause = generator.uniform(*PAUSE_S)
-        noise = generator.standard_normal(int(pause * VAD_SAMPLE_RATE_HZ)) * 10 ** (NOISE_FLOOR_DBFS / 20)
-        speech, _ = librosa.effects.trim(audio, top_db=TRIM_TOP_DB)
+        noise = generator.standard_normal(int(pause * VAD_SAMPLE_RATE_HZ)) * noise_rms
         pieces += [noise.astype(np.float32), speech]
         start = cursor + len(noise)
         truth.append({"start_s": start / VAD_SAMPLE_RATE_HZ, "end_s": (start + len(speech)) / VAD_SAMPLE_RATE_HZ,
                       "label": label})
         cursor = start + len(speech)
-    tail = generator.standard_normal(VAD_SAMPLE_RATE_HZ) * 10 ** (NOISE_FLOOR_DBFS / 20)
+    tail = generator.standard_normal(VAD_SAMPLE_RATE_HZ) * noise_rms
     return np.concatenate([*pieces, tail.astype(np.float32)]), truth
 
 
@@ -136,7 +139,7 @@ def main() -> None:
     generator = np.random.default_rng(args.seed)
     report: dict[str, object] = {"cv_dir": str(args.cv_dir), "seed": args.seed, "pause_s": PAUSE_S,
                                  "onset_lead_in_s": args.onset_lead_in_s,
-                                 "noise_floor_dbfs": NOISE_FLOOR_DBFS, "folds": {}}
+                                 "noise_below_speech_db": NOISE_BELOW_SPEECH_DB, "folds": {}}
     pooled: dict[str, list] = {"16k": [], "mulaw8k": []}
     whole_right: list[bool] = []
     with tempfile.TemporaryDirectory() as scratch:
