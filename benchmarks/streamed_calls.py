@@ -58,10 +58,14 @@ def telephony(audio_16k: np.ndarray) -> np.ndarray:
     return decode_to_s16(encoded, AudioEncoding.MULAW).astype(np.float32) / 32768.0
 
 
-def compose_call(clips: list[np.ndarray], labels: list[str], generator: np.random.Generator
-                 ) -> tuple[np.ndarray, list[dict[str, object]]]:
+def compose_call(clips: list[np.ndarray], labels: list[str], generator: np.random.Generator,
+                 speech_level_dbfs: float | None = None) -> tuple[np.ndarray, list[dict[str, object]]]:
     speeches = [librosa.effects.trim(audio, top_db=TRIM_TOP_DB)[0] for audio in clips]
-    noise_rms = float(np.median([np.sqrt(np.mean(np.square(s))) for s in speeches])) * 10 ** (-NOISE_BELOW_SPEECH_DB / 20)
+    speech_rms = float(np.median([np.sqrt(np.mean(np.square(s))) for s in speeches]))
+    if speech_level_dbfs is not None:  # one gain for the whole call, as a gateway's AGC would set it
+        speeches = [s * (10 ** (speech_level_dbfs / 20) / speech_rms) for s in speeches]
+        speech_rms = 10 ** (speech_level_dbfs / 20)
+    noise_rms = speech_rms * 10 ** (-NOISE_BELOW_SPEECH_DB / 20)
     pieces, truth, cursor = [], [], 0
     for speech, label in zip(speeches, labels, strict=True):
         pause = generator.uniform(*PAUSE_S)
@@ -129,6 +133,9 @@ def main() -> None:
     parser.add_argument("--telephony", action="store_true", help="also the same calls as 8 kHz mu-law")
     parser.add_argument("--onset-lead-in-s", type=float, default=None,
                         help="serve segments with onset normalisation (a card's features.onset_lead_in_s)")
+    parser.add_argument("--speech-level-dbfs", type=float, default=None,
+                        help="scale each call so its median speech RMS is this level (RAVDESS: about -47 dBFS; "
+                        "telephone calls sit near -26)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-calls", type=Path, help="keep each call's WAV and truth JSON here")
     args = parser.parse_args()
@@ -138,7 +145,7 @@ def main() -> None:
         int(p.stem.split("-")[1]) for p in args.cv_dir.glob("fold-*.json"))
     generator = np.random.default_rng(args.seed)
     report: dict[str, object] = {"cv_dir": str(args.cv_dir), "seed": args.seed, "pause_s": PAUSE_S,
-                                 "onset_lead_in_s": args.onset_lead_in_s,
+                                 "onset_lead_in_s": args.onset_lead_in_s, "speech_level_dbfs": args.speech_level_dbfs,
                                  "noise_below_speech_db": NOISE_BELOW_SPEECH_DB, "folds": {}}
     pooled: dict[str, list] = {"16k": [], "mulaw8k": []}
     whole_right: list[bool] = []
@@ -158,7 +165,7 @@ def main() -> None:
                 labels = [table.labels[table.label_ids[i]] for i in order]
                 fold_whole += [p.label == label for p, label in
                                zip(model.predict(clips, VAD_SAMPLE_RATE_HZ), labels, strict=True)]
-                call, truth = compose_call(clips, labels, generator)
+                call, truth = compose_call(clips, labels, generator, args.speech_level_dbfs)
                 if args.write_calls:
                     args.write_calls.mkdir(parents=True, exist_ok=True)
                     sf.write(args.write_calls / f"fold{fold}-speaker{speaker}.wav", call, VAD_SAMPLE_RATE_HZ)
