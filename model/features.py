@@ -71,7 +71,31 @@ def mfcc_frames(audio: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     return feature.T.astype(np.float32)
 
 
-ONSET_FRAME_S = 0.02  # RMS frames of the onset normalisation
+ONSET_FRAME_S = 0.02  # RMS frames of the onset and level normalisation
+ACTIVE_BELOW_PEAK_DB = 40.0  # frames this far below the loudest count as active for the level
+
+
+def frame_levels_db(audio: np.ndarray, sample_rate_hz: int) -> np.ndarray:
+    """RMS of each ONSET_FRAME_S frame in dB relative to the loudest frame (empty for shorter audio)."""
+    frame = max(1, int(ONSET_FRAME_S * sample_rate_hz))
+    usable = len(audio) // frame * frame
+    rms = np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, frame)), axis=1) + 1e-12)
+    return 20 * np.log10(rms / rms.max()) if usable else rms
+
+
+def normalise_level(audio: np.ndarray, sample_rate_hz: int, settings: FeatureSettings) -> np.ndarray:
+    """Scale the utterance so its active frames' RMS is `level_dbfs` (off when the card leaves it unset)."""
+    if settings.level_dbfs is None:
+        return audio
+    frame = max(1, int(ONSET_FRAME_S * sample_rate_hz))
+    levels = frame_levels_db(audio, sample_rate_hz)
+    if levels.size == 0:
+        return audio
+    active = np.repeat(levels > -ACTIVE_BELOW_PEAK_DB, frame)
+    rms = float(np.sqrt(np.mean(np.square(audio[: len(active)][active]))))
+    if rms < 1e-6:
+        return audio
+    return np.clip(audio * (10 ** (settings.level_dbfs / 20) / rms), -1.0, 1.0).astype(np.float32)
 
 
 def normalise_onset(audio: np.ndarray, sample_rate_hz: int, settings: FeatureSettings) -> np.ndarray:
@@ -83,11 +107,9 @@ def normalise_onset(audio: np.ndarray, sample_rate_hz: int, settings: FeatureSet
     if settings.onset_lead_in_s is None:
         return audio
     frame = max(1, int(ONSET_FRAME_S * sample_rate_hz))
-    usable = len(audio) // frame * frame
-    if usable == 0:
+    level_db = frame_levels_db(audio, sample_rate_hz)
+    if level_db.size == 0:
         return audio
-    rms = np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, frame)), axis=1) + 1e-12)
-    level_db = 20 * np.log10(rms / rms.max())
     first_speech_frame = int(np.argmax(level_db > settings.onset_threshold_db))
     speech = audio[first_speech_frame * frame :]
     # An utterance that fits one input window keeps fitting (as much lead-in as there is room for);
@@ -107,7 +129,8 @@ def utterance_windows(
     Audio up to `input_samples` long gives one zero-padded window (as in training); longer audio gives
     overlapping windows whose scores the model averages (`long_input="windows"`), or the first one.
     """
-    at_feature_rate = normalise_onset(resample(audio, sample_rate_hz, settings.sample_rate_hz),
+    resampled = resample(audio, sample_rate_hz, settings.sample_rate_hz)
+    at_feature_rate = normalise_onset(normalise_level(resampled, settings.sample_rate_hz, settings),
                                       settings.sample_rate_hz, settings)
     return np.stack(
         [

@@ -27,6 +27,11 @@ class FeatureSettings(BaseModel):
         "before the speech, so speech starts where it did in training (RAVDESS clips: ~1 s in)",
     )
     onset_threshold_db: float = Field(-35.0, description="frame RMS relative to the loudest 20 ms frame")
+    level_dbfs: float | None = Field(
+        None,
+        description="if set, each utterance is scaled so the RMS of its active frames (within 40 dB of the "
+        "loudest 20 ms frame) is this level, in training and serving alike: calls arrive at any gain",
+    )
 
     @property
     def input_frames(self) -> int:

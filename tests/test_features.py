@@ -5,6 +5,7 @@ import pytest
 from emostream.model.features import (
     INPUT_FRAMES,
     fit_length,
+    normalise_level,
     normalise_onset,
     utterance_windows,
     window_starts,
@@ -65,3 +66,14 @@ def test_onset_lead_in_never_pushes_an_utterance_into_a_second_window() -> None:
     four_seconds = tone(4.0, settings.sample_rate_hz)
     assert len(normalise_onset(four_seconds, settings.sample_rate_hz, settings)) == settings.input_samples
     assert utterance_windows(tone(4.0, 16_000), 16_000, settings).shape[0] == 1
+
+
+def test_level_normalisation_makes_features_gain_invariant() -> None:
+    settings = FeatureSettings(level_dbfs=-26.0)
+    quiet = 0.01 * tone(2.0, 16_000)
+    loud = 30 * quiet
+    np.testing.assert_allclose(utterance_windows(quiet, 16_000, settings), utterance_windows(loud, 16_000, settings),
+                               rtol=1e-4, atol=1e-3)
+    scaled = normalise_level(quiet, 16_000, settings)
+    assert 20 * np.log10(np.sqrt(np.mean(scaled**2))) == pytest.approx(-26.0, abs=0.2)
+    assert normalise_level(quiet, 16_000, FeatureSettings()) is quiet  # off unless the card sets it
