@@ -1,5 +1,6 @@
 """The PLB network served through the EmotionModel interface."""
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -7,27 +8,52 @@ import numpy as np
 import torch
 from emostream.model.base import EmotionModel, Prediction
 from emostream.model.checkpoint import load_plb
+from emostream.model.fast_features import MfccTransform
 from emostream.model.features import batch_windows
+from emostream.model.onnx_network import OnnxNetwork
 
 
 class PLBEmotionModel(EmotionModel):
     """Any utterance length: audio up to 4.535 s is zero-padded to one input window (as in training);
-    longer audio is cut into overlapping windows whose class probabilities are averaged."""
+    longer audio is cut into overlapping windows whose class probabilities are averaged.
 
-    def __init__(self, folder: Path) -> None:
+    `fast=True` (served): MFCC as torch ops (model/fast_features.py) and the network in ONNX Runtime
+    (model/onnx_network.py), built and warmed here; held to the reference by
+    tests/test_fast_inference.py. `fast=False`: the reference, librosa features and the eager network.
+    `threads` is ONNX Runtime's intra-op thread count (the fast path's only threaded part).
+    """
+
+    def __init__(self, folder: Path, fast: bool = True, threads: int = 1) -> None:
+        started = time.perf_counter()
         network, card = load_plb(folder)
+        super().__init__(card)
+        self.fast = fast
         # channels-last: pooling and the elementwise layers over the 64-channel maps run several times
         # faster on CPU in this layout (same results to 1e-10).
         self.network = network.to(memory_format=torch.channels_last)
-        super().__init__(card)
+        self._features: MfccTransform | None = None
+        self._onnx: OnnxNetwork | None = None
+        if fast:
+            self._features = MfccTransform(card.features)
+            self._onnx = OnnxNetwork(network, threads=threads)
+            self.predict([np.zeros(card.features.input_samples, np.float32)], card.features.sample_rate_hz)
+        self.load_s = time.perf_counter() - started  # start-up: load, export, session, warm-up
+
+    def logits(self, windows: np.ndarray) -> np.ndarray:
+        """The network on (windows, frames, coefficients) float32 features -> (windows, classes)."""
+        if self._onnx is not None:
+            return self._onnx(windows[:, None])
+        with torch.inference_mode():
+            inputs = torch.from_numpy(windows).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            return self.network(inputs).numpy()
 
     def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int) -> list[Prediction]:
         if not waveforms:
             return []
-        windows, counts = batch_windows(waveforms, sample_rate_hz, self.card.features)
+        windows, counts = batch_windows(waveforms, sample_rate_hz, self.card.features, self._features)
         with torch.inference_mode():
-            inputs = torch.from_numpy(windows).unsqueeze(1).contiguous(memory_format=torch.channels_last)
-            probabilities = torch.softmax(self.network(inputs) / self.card.score_temperature, dim=1).numpy()
+            logits = torch.from_numpy(self.logits(windows))
+            probabilities = torch.softmax(logits / self.card.score_temperature, dim=1).numpy()
         predictions = []
         start = 0
         for count in counts:

@@ -1,0 +1,145 @@
+"""An inference-only rewrite of a trained PLBNet: the same function, in ops that export and run fast.
+
+Built from a trained network (weights copied, nothing learnt here) and exported to ONNX by
+model/onnx_network.py. Differences from PLBNet.forward, each exact up to float32 rounding:
+- input standardisation `(x - mean) / std` becomes `x * (1 / std) + (-mean / std)`;
+- each per-frame BatchNorm (TimeBatchNorm) is one multiply-add with precomputed per-frame scale and
+  shift (inference statistics only);
+- ELU is `relu(x) + (exp(min(x, 0)) - 1)`: ONNX Runtime's own Elu kernel is ~3x slower on this CPU;
+- the cross attention's scaled dot product is written out (ONNX has no 3-D SDPA);
+- the logit scale is applied to the logits as in PLBNet.
+Batch size is free; frames and coefficients are fixed by the config, as in training.
+"""
+
+import math
+
+import torch
+from emostream.model.plb import (
+    CBAM,
+    ConvBlock,
+    DepthwiseSeparableConv,
+    PLBNet,
+    SpatialAttention,
+    TimeBatchNorm,
+    valid_length,
+)
+from torch import nn
+
+
+def elu(x: torch.Tensor) -> torch.Tensor:
+    """ELU (alpha 1) as exp/min/max: x for x > 0, exp(x) - 1 otherwise."""
+    return torch.relu(x) + (torch.exp(torch.clamp(x, max=0.0)) - 1.0)
+
+
+def frame_affine(norm: TimeBatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame (scale, shift) of an inference-mode TimeBatchNorm, shaped (1, 1, frames, 1)."""
+    bn = norm.norm
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    return scale.detach()[None, None, :, None].clone(), shift.detach()[None, None, :, None].clone()
+
+
+class FastConvBlock(nn.Module):
+    """Conv -> per-frame multiply-add -> ELU -> 2x2 average pool (dropout is the identity)."""
+
+    def __init__(self, block: ConvBlock) -> None:
+        super().__init__()
+        self.conv = block.conv
+        scale, shift = frame_affine(block.norm)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+        self.pool = block.pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(elu(self.conv(x) * self.scale + self.shift))
+
+
+class FastSpatialAttention(nn.Module):
+    """Equation 3 with the scalar BatchNorm folded into the 7x7 conv (weights and a bias)."""
+
+    def __init__(self, attention: SpatialAttention) -> None:
+        super().__init__()
+        bn = attention.norm
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        conv = attention.conv
+        self.conv = nn.Conv2d(2, 1, conv.kernel_size, padding=conv.padding, bias=True)
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight * scale[:, None, None, None])
+            self.conv.bias.copy_(bn.bias - bn.running_mean * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+
+class FastCBAM(nn.Module):
+    def __init__(self, cbam: CBAM) -> None:
+        super().__init__()
+        self.mlp = cbam.channel.mlp
+        self.spatial = FastSpatialAttention(cbam.spatial)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3))))
+        return self.spatial(x * weights[:, :, None, None])
+
+
+class FastSeparable(nn.Module):
+    def __init__(self, separable: DepthwiseSeparableConv) -> None:
+        super().__init__()
+        self.depthwise = separable.depthwise
+        self.pointwise = separable.pointwise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return elu(self.pointwise(self.depthwise(x)))
+
+
+def cross_attention(query: torch.Tensor, context: torch.Tensor, scale: float) -> torch.Tensor:
+    """plb.cross_attention with the scaled dot product written out; scale = 1 / sqrt(C * F)."""
+    batch, channels, frames, coefficients = query.shape
+    q = query.permute(0, 2, 1, 3).reshape(batch, frames, channels * coefficients)
+    kv = context.permute(0, 2, 1, 3).reshape(batch, frames, channels * coefficients)
+    weights = torch.softmax((q * scale) @ kv.transpose(1, 2), dim=-1)
+    return query + (weights @ kv).reshape(batch, frames, channels, coefficients).permute(0, 2, 1, 3)
+
+
+class FastPLBNet(nn.Module):
+    """PLBNet.forward for inference: (B, 1, frames, coefficients) -> logits (B, classes)."""
+
+    def __init__(self, network: PLBNet) -> None:
+        super().__init__()
+        if network.training:
+            raise ValueError("FastPLBNet is built from a network in eval mode")
+        config = network.config
+        self.capsule_dim = config.capsule_dim
+        self.logit_scale = config.logit_scale
+        branch_coefficients = valid_length(config.input_coefficients, config.kernel_size) // 2
+        self.attention_scale = 1.0 / math.sqrt(config.channels * branch_coefficients)
+        self.normalise_input = config.input_normalisation == "per-coefficient"
+        if self.normalise_input:
+            inverse_std = 1.0 / network.input_std.detach()
+            self.register_buffer("input_scale", inverse_std.clone())
+            self.register_buffer("input_shift", (-network.input_mean.detach() * inverse_std).clone())
+        self.forward_block = FastConvBlock(network.forward_block)
+        self.reverse_block = FastConvBlock(network.reverse_block)
+        self.cbam = FastCBAM(network.cbam)
+        self.dilated_block = FastConvBlock(network.dilated_block)
+        self.separable = FastSeparable(network.separable)
+        self.capsule_pool = network.capsule_pool
+        self.spatial_attention = FastSpatialAttention(network.spatial_attention)
+        self.self_attention = network.self_attention
+        self.routing = network.routing
+        self.classifier = network.classifier
+
+    def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
+        if self.normalise_input:
+            mfcc = mfcc * self.input_scale + self.input_shift
+        forward_patterns = self.cbam(self.forward_block(mfcc))
+        reverse_patterns = self.cbam(self.reverse_block(torch.flip(mfcc, dims=[2])))
+        fused = cross_attention(forward_patterns, reverse_patterns, self.attention_scale)
+        x = self.cbam(self.dilated_block(fused))
+        x = self.spatial_attention(self.capsule_pool(self.separable(x)))
+        batch = x.shape[0]
+        capsules = x.permute(0, 2, 3, 1).reshape(batch, -1, self.capsule_dim)
+        routed = self.routing(self.self_attention(capsules))
+        return self.classifier(routed.mean(dim=1)) * self.logit_scale
+
