@@ -4,7 +4,8 @@ Built from a trained network (weights copied, nothing learnt here) and exported 
 model/onnx_network.py. Differences from PLBNet.forward, each exact up to float32 rounding:
 - input standardisation `(x - mean) / std` becomes `x * (1 / std) + (-mean / std)`;
 - each per-frame BatchNorm (TimeBatchNorm) is one multiply-add with precomputed per-frame scale and
-  shift (inference statistics only);
+  shift (inference statistics only), and in the two one-channel blocks part of the conv itself
+  (FrontConvBlock);
 - ELU is `max(x, exp(min(x, 0)) - 1)`: ONNX Runtime's own Elu kernel is ~3x slower on this CPU;
 - the cross attention's scaled dot product is written out (ONNX has no 3-D SDPA);
 - the logit scale is applied to the logits as in PLBNet.
@@ -60,6 +61,43 @@ class FastConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(elu(self.conv(x) * self.scale + self.shift))
+
+
+class FrontConvBlock(nn.Module):
+    """A one-channel CNN block (the forward / reverse blocks) with its per-frame BatchNorm moved into
+    the conv, exactly: with s_t, h_t the frame's scale and shift and W, b the conv's weights and bias,
+
+        s_t * (sum_ij W[c,i,j] x[t+i, f+j] + b_c) + h_t
+            = sum_i sum_j W[c,i,j] (s_t x[t+i, f+j]) + b_c s_t + 1 * h_t,
+
+    a (1 x k) conv over k time-shifted, frame-scaled copies of x plus two constant planes (s, h):
+    two passes over the (B, 64, 194, 37) maps fewer (~0.1 ms per block on this CPU).
+    """
+
+    def __init__(self, block: ConvBlock, frames_in: int, coefficients_in: int) -> None:
+        super().__init__()
+        conv = block.conv
+        if conv.in_channels != 1 or conv.dilation != (1, 1) or conv.bias is None:
+            raise ValueError("FrontConvBlock takes a one-channel, undilated conv with a bias")
+        self.time_taps, coefficient_taps = conv.kernel_size
+        self.frames_out = valid_length(frames_in, self.time_taps)
+        scale, shift = frame_affine(block.norm, coefficients_in)  # (1, 1, frames_out, coefficients_in)
+        self.register_buffer("frame_scale", scale[..., :1].clone())  # (1, 1, frames_out, 1)
+        self.register_buffer("planes", torch.cat([scale, shift], dim=1))  # (1, 2, frames_out, coefficients)
+        weight = torch.zeros(conv.out_channels, self.time_taps + 2, 1, coefficient_taps)
+        with torch.no_grad():
+            weight[:, : self.time_taps, 0, :] = conv.weight[:, 0]
+            weight[:, self.time_taps, 0, 0] = conv.bias  # times the s plane
+            weight[:, self.time_taps + 1, 0, 0] = 1.0  # times the h plane
+        self.conv = nn.Conv2d(self.time_taps + 2, conv.out_channels, (1, coefficient_taps), bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight)
+        self.pool = block.pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shifted = torch.cat([x[:, :, i : i + self.frames_out, :] for i in range(self.time_taps)], dim=1)
+        planes = self.planes.expand(x.shape[0], -1, -1, -1)
+        return self.pool(elu(self.conv(torch.cat([shifted * self.frame_scale, planes], dim=1))))
 
 
 class FastSpatialAttention(nn.Module):
@@ -127,8 +165,9 @@ class FastPLBNet(nn.Module):
             inverse_std = 1.0 / network.input_std.detach()
             self.register_buffer("input_scale", inverse_std.clone())
             self.register_buffer("input_shift", (-network.input_mean.detach() * inverse_std).clone())
-        self.forward_block = FastConvBlock(network.forward_block, config.input_coefficients)
-        self.reverse_block = FastConvBlock(network.reverse_block, config.input_coefficients)
+        frames, coefficients = config.input_frames, config.input_coefficients
+        self.forward_block = FrontConvBlock(network.forward_block, frames, coefficients)
+        self.reverse_block = FrontConvBlock(network.reverse_block, frames, coefficients)
         self.cbam = FastCBAM(network.cbam)
         self.dilated_block = FastConvBlock(network.dilated_block, branch_coefficients)
         self.separable = FastSeparable(network.separable)

@@ -1,9 +1,9 @@
 """A trained PLBNet run by ONNX Runtime: exported once at model load, one intra-op thread by default.
 
-Measured on the 2-core EPYC (benchmarks/inference_benchmark.py): ~2.7 ms CPU per 4.5 s window at
-batch 1 against ~8-9 ms for the eager network and ~4.4 ms for torch.compile (whose cold compile took
-~60 s, against ~0.5 s for this export). The graph is FastPLBNet (model/fast_network.py), exported with
-the TorchScript-based exporter, which needs no `onnx` package and takes well under a second.
+Measured on the 2-core EPYC (benchmarks/inference_benchmark.py): ~2.3 ms CPU per 4.5 s window at
+batch 1, against ~8-9 ms for the eager network and ~2.4 ms for torch.compile with freezing, whose
+compile took 17-60 s at start-up against ~0.4 s for this export. The graph is FastPLBNet
+(model/fast_network.py), written by the TorchScript-based exporter (it needs the `onnx` package).
 """
 
 import io
@@ -19,6 +19,9 @@ from emostream.model.plb import PLBNet
 INPUT_NAME = "mfcc"
 OUTPUT_NAME = "logits"
 ONNX_OPSET = 17
+# Windows per session run. Per window, one thread: 2.32 ms at 1, 2.24 at 2, 2.52 at 4, 2.99 at 8,
+# 3.28 at 16 (bigger batches spill the 2 MB L2), so a batch of utterances runs two windows at a time.
+CHUNK_WINDOWS = 2
 
 
 def export_onnx(network: PLBNet) -> bytes:
@@ -51,4 +54,7 @@ class OnnxNetwork:
         self.build_s = time.perf_counter() - started
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
+        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        chunks = [self.session.run([OUTPUT_NAME], {INPUT_NAME: inputs[start : start + CHUNK_WINDOWS]})[0]
+                  for start in range(0, len(inputs), CHUNK_WINDOWS)]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)

@@ -31,18 +31,18 @@ class PLBEmotionModel(EmotionModel):
         # channels-last: pooling and the elementwise layers over the 64-channel maps run several times
         # faster on CPU in this layout (same results to 1e-10).
         self.network = network.to(memory_format=torch.channels_last)
-        self._features: MfccTransform | None = None
-        self._onnx: OnnxNetwork | None = None
+        self.window_features: MfccTransform | None = None
+        self.onnx_network: OnnxNetwork | None = None
         if fast:
-            self._features = MfccTransform(card.features)
-            self._onnx = OnnxNetwork(network, threads=threads)
+            self.window_features = MfccTransform(card.features)
+            self.onnx_network = OnnxNetwork(network, threads=threads)
             self.predict([np.zeros(card.features.input_samples, np.float32)], card.features.sample_rate_hz)
         self.load_s = time.perf_counter() - started  # start-up: load, export, session, warm-up
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
         """The network on (windows, frames, coefficients) float32 features -> (windows, classes)."""
-        if self._onnx is not None:
-            return self._onnx(windows[:, None])
+        if self.onnx_network is not None:
+            return self.onnx_network(windows[:, None])
         with torch.inference_mode():
             inputs = torch.from_numpy(windows).unsqueeze(1).contiguous(memory_format=torch.channels_last)
             return self.network(inputs).numpy()
@@ -50,7 +50,7 @@ class PLBEmotionModel(EmotionModel):
     def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int) -> list[Prediction]:
         if not waveforms:
             return []
-        windows, counts = batch_windows(waveforms, sample_rate_hz, self.card.features, self._features)
+        windows, counts = batch_windows(waveforms, sample_rate_hz, self.card.features, self.window_features)
         with torch.inference_mode():
             logits = torch.from_numpy(self.logits(windows))
             probabilities = torch.softmax(logits / self.card.score_temperature, dim=1).numpy()
