@@ -13,6 +13,9 @@ from emostream.model.features import batch_windows
 from emostream.model.onnx_network import OnnxNetwork
 
 
+WARM_UP_RATE_HZ = 16_000
+
+
 class PLBEmotionModel(EmotionModel):
     """Any utterance length: audio up to 4.535 s is zero-padded to one input window (as in training);
     longer audio is cut into overlapping windows whose class probabilities are averaged.
@@ -36,7 +39,9 @@ class PLBEmotionModel(EmotionModel):
         if fast:
             self.window_features = MfccTransform(card.features)
             self.onnx_network = OnnxNetwork(network, threads=threads)
-            self.predict([np.zeros(card.features.input_samples, np.float32)], card.features.sample_rate_hz)
+            # Warm-up at the pipeline's 16 kHz: the first resampling call also loads librosa's lazy
+            # modules (~1 s), which would otherwise land on the first utterance.
+            self.predict([np.zeros(WARM_UP_RATE_HZ, np.float32)], WARM_UP_RATE_HZ)
         self.load_s = time.perf_counter() - started  # start-up: load, export, session, warm-up
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
