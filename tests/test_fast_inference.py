@@ -146,3 +146,17 @@ def test_torch_features_match_librosa_on_speech(kind: str, coefficients: int) ->
         assert actual.shape == expected.shape == (196, coefficients)
         # MFCC c0 reaches ~-1,100 in silence; 1e-2 there is float32 rounding of the FFT and log.
         np.testing.assert_allclose(actual, expected, atol=1e-2, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("options", [
+    {"routing_softmax": "outputs"},
+    {"routing_iterations": 1},
+    {"pool_before_capsules": False, "num_classes": 4},
+    {"input_normalisation": "per-coefficient", "logit_scale": 0.5},
+])
+def test_rewritten_network_matches_plbnet_for_other_configs(options: dict[str, object]) -> None:
+    torch.manual_seed(1)
+    network = PLBNet(PLBConfig(**options)).eval()
+    inputs = 20 * torch.randn(2, 1, 196, 39)
+    with torch.inference_mode():
+        torch.testing.assert_close(FastPLBNet(network).eval()(inputs), network(inputs), atol=1e-4, rtol=0)
