@@ -17,20 +17,21 @@ import os
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
 
-import numpy as np  # noqa: E402
-import onnxruntime  # noqa: E402
-import torch  # noqa: E402
-from emostream.model.features import utterance_windows  # noqa: E402
-from emostream.model.plb_model import PLBEmotionModel  # noqa: E402
-from emostream.model.registry import resolve  # noqa: E402
+import numpy as np
+import onnxruntime
+import torch
+from emostream.model.features import utterance_windows
+from emostream.model.plb_model import PLBEmotionModel
+from emostream.model.registry import resolve
 
 UTTERANCE_S = 4.5
 INPUT_RATE_HZ = 16_000  # what the streaming pipeline hands the model
@@ -75,8 +76,9 @@ def path_figures(model: PLBEmotionModel, runs: int, batches: list[int]) -> dict[
         "features": timings_ms(lambda: utterance_windows(audio, INPUT_RATE_HZ, settings, features), runs),
     }
     for batch in batches:
+        utterances = [audio] * batch
         figures[f"features_plus_network_batch_{batch}_per_utterance"] = timings_ms(
-            lambda b=batch: model.predict([audio] * b, INPUT_RATE_HZ), max(10, runs // batch), per=batch)
+            partial(model.predict, utterances, INPUT_RATE_HZ), max(10, runs // batch), per=batch)
     figures["features_plus_network_8khz_batch_1"] = timings_ms(
         lambda: model.predict([telephone], TELEPHONE_RATE_HZ), runs)
     return figures

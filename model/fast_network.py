@@ -52,6 +52,9 @@ def frame_affine(norm: TimeBatchNorm, coefficients: int) -> tuple[torch.Tensor, 
 class FastConvBlock(nn.Module):
     """Conv -> per-frame multiply-add -> ELU -> 2x2 average pool (dropout is the identity)."""
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, block: ConvBlock, coefficients_in: int) -> None:
         super().__init__()
         self.conv = block.conv
@@ -76,6 +79,9 @@ class FrontConvBlock(nn.Module):
     a (1 x k) conv over k time-shifted, frame-scaled copies of x plus two constant planes (s, h):
     two passes over the (B, 64, 194, 37) maps fewer (~0.1 ms per block on this CPU).
     """
+
+    frame_scale: torch.Tensor
+    planes: torch.Tensor
 
     def __init__(self, block: ConvBlock, frames_in: int, coefficients_in: int) -> None:
         super().__init__()
@@ -112,9 +118,11 @@ class FastSpatialAttention(nn.Module):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         conv = attention.conv
         self.conv = nn.Conv2d(2, 1, conv.kernel_size, padding=conv.padding, bias=True)
+        bias = self.conv.bias
+        assert bias is not None
         with torch.no_grad():
             self.conv.weight.copy_(conv.weight * scale[:, None, None, None])
-            self.conv.bias.copy_(bn.bias - bn.running_mean * scale)
+            bias.copy_(bn.bias - bn.running_mean * scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
@@ -146,6 +154,8 @@ class FastRouting(nn.Module):
     """Algorithm 1 (plb.DynamicRouting) as matmuls: u_hat made in (B, J, N, D) order by one broadcast
     matmul (no transpose), the weighted sums and agreements as matmuls instead of multiply + reduce,
     and the first iteration's softmax of zeros as the plain mean (57 ONNX nodes -> ~25)."""
+
+    weight: torch.Tensor
 
     def __init__(self, routing: DynamicRouting) -> None:
         super().__init__()
@@ -185,6 +195,9 @@ def cross_attention(query: torch.Tensor, context: torch.Tensor, scale: float) ->
 
 class FastPLBNet(nn.Module):
     """PLBNet.forward for inference: (B, 1, frames, coefficients) -> logits (B, classes)."""
+
+    input_scale: torch.Tensor
+    input_shift: torch.Tensor
 
     def __init__(self, network: PLBNet) -> None:
         super().__init__()

@@ -32,7 +32,8 @@ def export_onnx(network: PLBNet) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
-        torch.onnx.export(fast, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+        torch.onnx.export(fast, (example,), buffer,  # type: ignore[arg-type]  # file objects work
+                          dynamo=False, opset_version=ONNX_OPSET,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     return buffer.getvalue()

@@ -12,7 +12,6 @@ from emostream.model.fast_features import MfccTransform
 from emostream.model.features import batch_windows
 from emostream.model.onnx_network import OnnxNetwork
 
-
 WARM_UP_RATE_HZ = 16_000
 
 
