@@ -1,5 +1,6 @@
 """The PLB network served through the EmotionModel interface."""
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from emostream.model.features import batch_windows
 from emostream.model.onnx_network import OnnxNetwork
 
 WARM_UP_RATE_HZ = 16_000
+log = logging.getLogger(__name__)
 
 
 class PLBEmotionModel(EmotionModel):
@@ -37,7 +39,11 @@ class PLBEmotionModel(EmotionModel):
         self.onnx_network: OnnxNetwork | None = None
         if fast:
             self.window_features = MfccTransform(card.features)
-            self.onnx_network = OnnxNetwork(network, threads=threads)
+            try:
+                self.onnx_network = OnnxNetwork(network, threads=threads)
+            except Exception as error:  # noqa: BLE001 - serve with the eager network rather than not at all
+                log.warning("%s: ONNX export failed (%s); serving the eager network (~3x slower)",
+                            folder, error)
             # Warm-up at the pipeline's 16 kHz: the first resampling call also loads librosa's lazy
             # modules (~1 s), which would otherwise land on the first utterance.
             self.predict([np.zeros(WARM_UP_RATE_HZ, np.float32)], WARM_UP_RATE_HZ)

@@ -160,3 +160,18 @@ def test_rewritten_network_matches_plbnet_for_other_configs(options: dict[str, o
     inputs = 20 * torch.randn(2, 1, 196, 39)
     with torch.inference_mode():
         torch.testing.assert_close(FastPLBNet(network).eval()(inputs), network(inputs), atol=1e-4, rtol=0)
+
+
+def test_a_failed_export_falls_back_to_the_eager_network(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from emostream.model import plb_model
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("no exporter")
+
+    monkeypatch.setattr(plb_model, "OnnxNetwork", broken)
+    model = PLBEmotionModel(SHIPPED, fast=True)
+    assert model.onnx_network is None and "ONNX export failed" in caplog.text
+    (reference,) = PLBEmotionModel(SHIPPED, fast=False).predict([speech_utterances()[0][1]], 16_000)
+    (served,) = model.predict([speech_utterances()[0][1]], 16_000)
+    assert served.label == reference.label
