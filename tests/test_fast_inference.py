@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from _model_helpers import FIXTURES, SPEECH_WAV
 from emostream.model.checkpoint import CARD_FILE, load_plb, read_card, save_checkpoint
 from emostream.model.fast_features import MfccTransform
 from emostream.model.fast_network import FastPLBNet
@@ -18,8 +19,6 @@ from emostream.model.plb import PLBConfig, PLBNet, count_parameters
 from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.registry import SHIPPED_CHECKPOINTS
 from emostream.schemas.model_card import FeatureSettings, ModelCard
-
-from tests._model_helpers import FIXTURES, SPEECH_WAV
 
 SCORE_TOLERANCE = 1e-3
 SHIPPED = SHIPPED_CHECKPOINTS / "plb-ravdess8"
