@@ -5,7 +5,8 @@ at librosa's default 22,050 Hz, so 100,000 samples = 4.535 s and, with n_fft 204
 centred frames, 1 + 100000 // 512 = 196 frames: the input is 196 frames x 39 coefficients.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import librosa
 import numpy as np
@@ -121,28 +122,37 @@ def normalise_onset(audio: np.ndarray, sample_rate_hz: int, settings: FeatureSet
     return np.concatenate([np.zeros(lead_in_samples, dtype=np.float32), speech])
 
 
+WindowFeatures = Callable[[np.ndarray], np.ndarray]
+"""Exactly `input_samples` of audio at the feature rate -> float32 (frames, coefficients)."""
+
+
 def utterance_windows(
-    audio: np.ndarray, sample_rate_hz: int, settings: FeatureSettings
+    audio: np.ndarray, sample_rate_hz: int, settings: FeatureSettings, features: WindowFeatures | None = None
 ) -> np.ndarray:
     """All input windows of one utterance: float32 (windows, frames, coefficients).
 
     Audio up to `input_samples` long gives one zero-padded window (as in training); longer audio gives
     overlapping windows whose scores the model averages (`long_input="windows"`), or the first one.
+    `features` computes one window (default: librosa, `mfcc_frames`; the served fast path passes
+    model/fast_features.py's MfccTransform).
     """
+    if features is None:
+        features = partial(mfcc_frames, settings=settings)
     resampled = resample(audio, sample_rate_hz, settings.sample_rate_hz)
     at_feature_rate = normalise_onset(normalise_level(resampled, settings.sample_rate_hz, settings),
                                       settings.sample_rate_hz, settings)
     return np.stack(
         [
-            mfcc_frames(at_feature_rate[start : start + settings.input_samples], settings)
+            features(fit_length(at_feature_rate[start : start + settings.input_samples], settings.input_samples))
             for start in window_starts(len(at_feature_rate), settings)
         ]
     )
 
 
 def batch_windows(
-    waveforms: Sequence[np.ndarray], sample_rate_hz: int, settings: FeatureSettings
+    waveforms: Sequence[np.ndarray], sample_rate_hz: int, settings: FeatureSettings,
+    features: WindowFeatures | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """Windows of several utterances stacked, and how many windows each utterance has."""
-    per_utterance = [utterance_windows(audio, sample_rate_hz, settings) for audio in waveforms]
+    per_utterance = [utterance_windows(audio, sample_rate_hz, settings, features) for audio in waveforms]
     return np.concatenate(per_utterance), [len(windows) for windows in per_utterance]
