@@ -17,6 +17,12 @@ def add_corpus_arguments(parser: argparse.ArgumentParser, features_option: bool 
     parser.add_argument("--workers", type=int, default=2, help="processes for features / folds (default: %(default)s)")
 
 
+def feature_settings(args: argparse.Namespace) -> FeatureSettings:
+    """The feature settings a command trains or evaluates with: the defaults, or a --level-dbfs."""
+    level = getattr(args, "level_dbfs", None)
+    return FeatureSettings(level_dbfs=level) if level is not None else FeatureSettings()
+
+
 def corpus_table(args: argparse.Namespace, labels: list[str] | None = None,
                  variants: list[str] | None = None):  # -> FeatureTable
     """The corpus's feature table (cached) and the messages of clips that could not be used."""
@@ -24,7 +30,7 @@ def corpus_table(args: argparse.Namespace, labels: list[str] | None = None,
 
     if getattr(args, "features", None):
         table = FeatureTable.load(args.features)
-        table.check_matches(FeatureSettings(), args.features)
+        table.check_matches(feature_settings(args), args.features)
         return table, []
     if args.data is None:
         raise SystemExit("give --data DIR (a labelled corpus) or --features FILE.npz")
@@ -32,5 +38,5 @@ def corpus_table(args: argparse.Namespace, labels: list[str] | None = None,
     from emostream.model.feature_cache import cached_features
 
     clips = load_corpus(args.data, args.labels, args.layout)
-    return cached_features(clips, FeatureSettings(), args.cache_dir, labels=labels, workers=args.workers,
+    return cached_features(clips, feature_settings(args), args.cache_dir, labels=labels, workers=args.workers,
                            variants=variants)

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from emostream.workers.commands._corpus import add_corpus_arguments, corpus_table
+from emostream.workers.commands._corpus import add_corpus_arguments, corpus_table, feature_settings
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +27,8 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --data: a feature bank of these waveform variants per clip (model/"
                         "waveform_augment.py: speed-0.9, speed-1.1, noise-20db, telephony, crop); one per clip "
                         "per epoch is trained on. A --features table brings its own.")
+    parser.add_argument("--level-dbfs", type=float, help="features.level_dbfs: scale every utterance to this "
+                        "active-speech level before features, in training and (through the card) serving")
     parser.add_argument("--eager", action="store_true", help="do not torch.compile the training step")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,9 +65,8 @@ def _recipe(args: argparse.Namespace):  # -> TrainingRecipe
 
 def _network(args: argparse.Namespace, num_classes: int):  # -> PLBConfig
     from emostream.model.plb import PLBConfig
-    from emostream.schemas.model_card import FeatureSettings
 
-    features = FeatureSettings()
+    features = feature_settings(args)
     default = {"thesis": "none", "production": "per-coefficient"}[args.recipe]
     return PLBConfig(**{"num_classes": num_classes, "input_frames": features.input_frames,
                         "input_coefficients": features.n_coefficients,
@@ -128,14 +129,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     import torch
     from emostream.model.release import train_release
-    from emostream.schemas.model_card import FeatureSettings
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset, cgroups)
     _log_progress(args)
     table, errors = corpus_table(args, variants=args.waveform_variants)
     _report_skipped(errors)
     metrics = json.loads(args.metrics_json.read_text()) if args.metrics_json else None
-    card = train_release(table, args.name, args.version, _recipe(args), args.out, FeatureSettings(),
+    card = train_release(table, args.name, args.version, _recipe(args), args.out, feature_settings(args),
                          args.describe_data or str(args.data or args.features), args.device, metrics,
                          progress=not args.quiet, config=_network(args, len(table.labels)))
     print(json.dumps({"name": card.name, "version": card.version, "folder": str(args.out),
