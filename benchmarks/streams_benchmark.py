@@ -37,11 +37,11 @@ import soundfile as sf
 from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.segment import SegmentHeader
 from emostream.schemas.settings import Settings
-from emostream.workers.producer import encode_s16
-from emostream.workers.result_store import results_channel
-from emostream.workers.services import RedisServer, TansuBroker
-from emostream.workers.stack import WorkerProcess
-from emostream.workers.topics import ensure_topics, stack_topics
+from emostream.workers.cli.clients.producer import encode_s16
+from emostream.workers.runtime.result_store import results_channel
+from emostream.workers.stack.services import RedisServer, TansuBroker
+from emostream.workers.stack.local_stack import WorkerProcess
+from emostream.workers.runtime.topics import ensure_topics, stack_topics
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH_WAV = REPO / "tests" / "fixtures" / "speech.wav"

@@ -1,6 +1,6 @@
 """Delivering one event to one plugin: a timeout per attempt, retries with exponential backoff.
 
-Shared by the plugin runner (`workers/plugin_stage.py`) and in-process use (`subscriber.py`), so a
+Shared by the plugin runner (`workers/stages/plugin_runner`) and in-process use (`subscriber.py`), so a
 plugin behaves the same wherever it runs. A `PluginDeliveryError(retryable=False)` (e.g. a webhook
 receiver answered 4xx) is not retried.
 """

@@ -72,8 +72,8 @@ def chunked(samples: np.ndarray, chunk_samples: int) -> list[np.ndarray]:
 # -- streaming through the real pipeline ----------------------------------------------------------
 def reference_segments(samples_16k: np.ndarray, settings, *, chunk_ms: int = 20) -> list:
     """What the VAD stage must emit for this audio sent in order: the offline StreamState result."""
-    from emostream.workers.stream_state import Chunk, StreamState
-    from emostream.workers.vad_stage import stream_params
+    from emostream.workers.stages.stream_state import Chunk, StreamState
+    from emostream.workers.stages.vad import stream_params
 
     state = StreamState("reference", stream_params(settings.vad))
     pieces = chunked(samples_16k, SPEECH_SAMPLE_RATE_HZ * chunk_ms // 1000)
@@ -111,7 +111,7 @@ def send_chunks(
     import time as _time
 
     from emostream.schemas.audio import AudioChunkHeader, AudioEncoding
-    from emostream.workers.producer import encode_s16
+    from emostream.workers.cli.clients.producer import encode_s16
 
     encoding = encoding or AudioEncoding.S16LE
     pieces = chunked(samples, sample_rate_hz * chunk_ms // 1000)

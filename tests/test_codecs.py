@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.errors import RecordError
-from emostream.workers.codecs import (
+from emostream.workers.runtime.codecs import (
     ALAW_TO_S16,
     MULAW_TO_S16,
     decode_chunk,

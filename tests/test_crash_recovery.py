@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import result_key
-from emostream.workers.producer import make_audio_producer
+from emostream.workers.cli.clients.producer import make_audio_producer
 
 from tests._workers_helpers import (
     metric_value,

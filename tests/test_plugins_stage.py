@@ -21,7 +21,7 @@ from emostream.plugins.webhook import (
 from emostream.schemas.dead_letter import DeadLetter
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import Settings
-from emostream.workers.kafka_config import kafka_python_options
+from emostream.workers.runtime.kafka_config import kafka_python_options
 from kafka import KafkaProducer
 
 SECRET = "stage-test-secret-0123456789"

@@ -9,7 +9,7 @@ import redis
 import soundfile as sf
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import result_key
-from emostream.workers.producer import make_audio_producer
+from emostream.workers.cli.clients.producer import make_audio_producer
 
 from tests._workers_helpers import require_model, send_chunks, wait_for
 
@@ -104,7 +104,7 @@ def _event(stream_id: str, index: int, label: str = "neutral") -> EmotionEvent:
 async def test_store_layout_is_idempotent_and_survives_an_outage(restartable_redis):
     """Replays overwrite; `latest` and checkpoints never move back; an outage fills the backlog."""
     from emostream.schemas.settings import RedisSettings
-    from emostream.workers.result_store import (
+    from emostream.workers.runtime.result_store import (
         ResultStore,
         StoreUnavailable,
         checkpoint_key,

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import redis
 from emostream.schemas.settings import Settings
-from emostream.workers.kafka_config import kafka_python_options
-from emostream.workers.services import (
+from emostream.workers.runtime.kafka_config import kafka_python_options
+from emostream.workers.stack.services import (
     RedisServer,
     TansuBroker,
     find_free_port,
     kafka_metadata_brokers,
     port_is_free,
 )
-from emostream.workers.settings_env import child_environment, settings_to_env
-from emostream.workers.topics import TopicError, TopicSpec, ensure_topics, stack_topics
+from emostream.workers.stack.settings_env import child_environment, settings_to_env
+from emostream.workers.runtime.topics import TopicError, TopicSpec, ensure_topics, stack_topics
 from kafka import KafkaAdminClient, KafkaProducer
 
 UP_READY_TIMEOUT_S = 30.0
@@ -141,7 +141,7 @@ def test_stop_frees_the_port_and_reaps_the_process(tmp_path: Path) -> None:
 def test_start_on_a_taken_port_names_the_service_and_port(
     tmp_path: Path, broker_service: TansuBroker
 ) -> None:
-    from emostream.workers.services import ServiceError
+    from emostream.workers.stack.services import ServiceError
 
     with pytest.raises(ServiceError, match=rf"tansu: .*127\.0\.0\.1:{broker_service.port}"):
         TansuBroker(port=broker_service.port, log_dir=tmp_path).start(timeout_s=3.0)
@@ -168,7 +168,7 @@ def test_console_command_lists_up_send_and_tail() -> None:
     assert completed.returncode == 0, completed.stderr
     for command in ("up", "send", "tail"):
         assert re.search(rf"\b{command}\b", completed.stdout), (
-            f"`emostream {command}` missing: add emostream.workers.commands.{command} to cli.COMMAND_MODULES"
+            f"`emostream {command}` missing: add emostream.workers.cli.commands.{command} to cli.COMMAND_MODULES"
         )
 
 

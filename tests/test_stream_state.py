@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 from emostream.model.vad import EndpointerParams
-from emostream.workers.stream_state import (
+from emostream.workers.stages.stream_state import (
     Chunk,
     StreamCheckpoint,
     StreamParams,

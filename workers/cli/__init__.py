@@ -11,15 +11,15 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "emostream.workers.commands.analyze",
-    "emostream.workers.commands.models",
-    "emostream.workers.commands.evaluate",
-    "emostream.workers.commands.train",
-    "emostream.workers.commands.worker",
-    "emostream.workers.commands.report",
-    "emostream.workers.commands.up",
-    "emostream.workers.commands.send",
-    "emostream.workers.commands.tail",
+    "emostream.workers.cli.commands.analyze",
+    "emostream.workers.cli.commands.models",
+    "emostream.workers.cli.commands.evaluate",
+    "emostream.workers.cli.commands.train",
+    "emostream.workers.cli.commands.worker",
+    "emostream.workers.cli.commands.report",
+    "emostream.workers.cli.commands.up",
+    "emostream.workers.cli.commands.send",
+    "emostream.workers.cli.commands.tail",
 )
 
 

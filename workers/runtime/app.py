@@ -7,9 +7,9 @@ Choices that matter for correctness (see ../shared/docs/BROKER-NOTES.md):
 - `consumer_auto_offset_reset=earliest`: a new consumer group reads from the start, never from a
   broker's notion of "latest" (Tansu reports wrong end offsets);
 - no faust tables (changelog recovery loses updates on Tansu): per-stream state lives in memory with
-  a resume checkpoint in Redis, see `workers.stream_state` and `workers.vad_stage`;
+  a resume checkpoint in Redis, see `workers.stages.stream_state` and `workers.stages.vad`;
 - topics are declared with their partition counts but never auto-created by faust
-  (`topic_allow_declare=False`): `workers.topics.ensure_topics` creates them explicitly;
+  (`topic_allow_declare=False`): `workers.runtime.topics.ensure_topics` creates them explicitly;
 - `stream_wait_empty=False`: on a rebalance the VAD stage drops the state of revoked partitions
   instead of waiting for held (unacknowledged) chunks; the new owner replays them.
 """
@@ -23,9 +23,9 @@ from emostream.schemas.settings import KafkaSettings, Settings
 from faust.types import TopicT
 
 if TYPE_CHECKING:
-    from emostream.workers.dead_letters import DeadLetterSink
-    from emostream.workers.metrics import WorkerMetrics
-    from emostream.workers.result_store import ResultStore
+    from emostream.workers.runtime.dead_letters import DeadLetterSink
+    from emostream.workers.runtime.metrics import WorkerMetrics
+    from emostream.workers.runtime.result_store import ResultStore
 
 __all__ = [
     "StageTopics",
@@ -172,9 +172,9 @@ class WorkerContext:
 
 
 def create_worker_context(settings: Settings, *, stage: str) -> WorkerContext:
-    from emostream.workers.dead_letters import DeadLetterSink
-    from emostream.workers.metrics import WorkerMetrics
-    from emostream.workers.result_store import ResultStore
+    from emostream.workers.runtime.dead_letters import DeadLetterSink
+    from emostream.workers.runtime.metrics import WorkerMetrics
+    from emostream.workers.runtime.result_store import ResultStore
 
     app = create_app(settings, stage=stage)
     topics = declare_topics(app, settings)

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from emostream.workers.commands._corpus import add_corpus_arguments, corpus_table
+from emostream.workers.cli.commands._corpus import add_corpus_arguments, corpus_table
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,8 +40,8 @@ from emostream.plugins.delivery import DeliveryOutcome, deliver_with_retries
 from emostream.plugins.registry import ConfiguredPlugin
 from emostream.schemas.dead_letter import DeadLetter
 from emostream.schemas.event import EmotionEvent
-from emostream.workers.app import WorkerContext
-from emostream.workers.dead_letters import dead_letter_for
+from emostream.workers.runtime.app import WorkerContext
+from emostream.workers.runtime.dead_letters import dead_letter_for
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
@@ -502,7 +502,7 @@ class PluginStage:
 
     def __init__(self, ctx: WorkerContext, plugins: Sequence[ConfiguredPlugin] | None = None) -> None:
         from emostream.plugins.registry import build_plugins
-        from emostream.workers.result_store import connect
+        from emostream.workers.runtime.result_store import connect
 
         settings = ctx.settings
         self.ctx = ctx

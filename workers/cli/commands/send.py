@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from emostream.schemas.audio import SUPPORTED_SAMPLE_RATES_HZ, AudioEncoding, ChannelRole
-from emostream.workers.commands._kafka_args import add_kafka_arguments, settings_from_args
+from emostream.workers.cli.commands._kafka_args import add_kafka_arguments, settings_from_args
 
 G711_SAMPLE_RATE_HZ = 8_000
 WIDEBAND_SAMPLE_RATE_HZ = 16_000
@@ -57,7 +57,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from emostream.schemas.audio import AudioChunkHeader
-    from emostream.workers.producer import (
+    from emostream.workers.cli.clients.producer import (
         AudioFileError,
         SendError,
         load_recording,
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run this command alone (`python -m emostream.workers.commands.send ...`)."""
+    """Run this command alone (`python -m emostream.workers.cli.commands.send ...`)."""
     parser = argparse.ArgumentParser(prog="emostream")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["send", *(sys.argv[1:] if argv is None else argv)])

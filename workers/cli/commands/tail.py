@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from emostream.workers.commands._kafka_args import add_kafka_arguments, settings_from_args
+from emostream.workers.cli.commands._kafka_args import add_kafka_arguments, settings_from_args
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emostream.workers.tail import (
+    from emostream.workers.cli.clients.tail import (
         BadResult,
         TailFilter,
         default_since_ms,
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run this command alone (`python -m emostream.workers.commands.tail ...`)."""
+    """Run this command alone (`python -m emostream.workers.cli.commands.tail ...`)."""
     parser = argparse.ArgumentParser(prog="emostream")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["tail", *(sys.argv[1:] if argv is None else argv)])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import Settings
-from emostream.workers.kafka_config import kafka_python_options
+from emostream.workers.runtime.kafka_config import kafka_python_options
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 

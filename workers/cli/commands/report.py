@@ -105,7 +105,7 @@ def plot_timeline(summary, path: Path) -> None:
     plt.close(figure)
 
 
-if __name__ == "__main__":  # `python -m emostream.workers.commands.report CALL_ID`
+if __name__ == "__main__":  # `python -m emostream.workers.cli.commands.report CALL_ID`
     _parser = argparse.ArgumentParser(prog="emostream")
     register(_parser.add_subparsers(dest="command", required=True))
     _args = _parser.parse_args(["report", *sys.argv[1:]])

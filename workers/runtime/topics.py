@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from emostream.schemas.settings import KafkaSettings, Settings
-from emostream.workers.kafka_config import kafka_python_options
+from emostream.workers.runtime.kafka_config import kafka_python_options
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from emostream.workers.commands._corpus import add_corpus_arguments
+from emostream.workers.cli.commands._corpus import add_corpus_arguments
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

@@ -37,7 +37,7 @@ from emostream.model.vad import (
     SpeechSegment,
 )
 from emostream.schemas.errors import RecordError
-from emostream.workers.codecs import output_samples_before, resample_s16
+from emostream.workers.runtime.codecs import output_samples_before, resample_s16
 
 Token = TypeVar("Token", bound=Hashable)
 

@@ -1,6 +1,7 @@
 """The local stack: broker + Redis + N worker processes per stage, started and stopped in order.
 
-Workers run as `python -m emostream.workers.cli worker <stage>` subprocesses configured only by
+Workers run as `python -m emostream.workers.stages <stage>` subprocesses (the stage entry point,
+not the CLI) configured only by
 `EMOSTREAM_*` environment variables (see `settings_env`), exactly as they run in a container, so
 `emostream up`, the test suite and Kubernetes start the same code the same way. Each worker gets a
 free port for its health / metrics endpoint (`EMOSTREAM_OBSERVABILITY__METRICS_PORT`) and is ready
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from emostream.schemas.settings import Settings
-from emostream.workers.services import (
+from emostream.workers.stack.services import (
     LOOPBACK_HOST,
     RedisServer,
     ServiceError,
@@ -34,22 +35,17 @@ from emostream.workers.services import (
     find_free_port,
     stop_process,
 )
-from emostream.workers.settings_env import child_environment
-from emostream.workers.topics import ensure_topics, stack_topics
+from emostream.workers.stack.settings_env import child_environment
+from emostream.workers.runtime.stage_names import STAGE_ENTRY_MODULE, StageName, stage_input_topic
+from emostream.workers.runtime.topics import ensure_topics, stack_topics
 
 __all__ = [
-    "STAGES",
     "LocalStack",
     "StackCounts",
     "WorkerProcess",
     "worker_command",
 ]
 
-# Stage names of `emostream worker <stage>` (workers/commands/worker.py).
-STAGE_VAD = "vad"
-STAGE_INFERENCE = "inference"
-STAGE_PLUGINS = "plugins"
-STAGES: tuple[str, ...] = (STAGE_VAD, STAGE_INFERENCE, STAGE_PLUGINS)
 
 WORKER_STOP_GRACE_S = 10.0  # a worker finishing its batch, committing and leaving its group
 WORKER_READY_TIMEOUT_S = 90.0  # first start imports torch / librosa and loads the model
@@ -61,9 +57,12 @@ log = logging.getLogger(__name__)
 
 def worker_command(stage: str, *, python: str = sys.executable) -> list[str]:
     """The command line that starts one worker of `stage` (environment carries the settings)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown worker stage {stage!r}; use one of {', '.join(STAGES)}")
-    return [python, "-m", "emostream.workers.cli", "worker", stage]
+    try:
+        StageName(stage)
+    except ValueError:
+        names = ", ".join(name.value for name in StageName)
+        raise ValueError(f"unknown worker stage {stage!r}; use one of {names}") from None
+    return [python, "-m", STAGE_ENTRY_MODULE, stage]
 
 
 class WorkerProcess:
@@ -208,7 +207,7 @@ class StackCounts:
     plugins: int = 1
 
     def by_stage(self) -> dict[str, int]:
-        return {STAGE_VAD: self.vad, STAGE_INFERENCE: self.inference, STAGE_PLUGINS: self.plugins}
+        return {StageName.VAD: self.vad, StageName.INFERENCE: self.inference, StageName.PLUGINS: self.plugins}
 
 
 @dataclass
@@ -274,12 +273,7 @@ class LocalStack:
             )
 
     def stage_input_topic(self, stage: str) -> str:
-        topics = self.settings.topics
-        return {
-            STAGE_VAD: topics.audio,
-            STAGE_INFERENCE: topics.segments,
-            STAGE_PLUGINS: topics.emotions,
-        }[stage]
+        return stage_input_topic(stage, self.settings.topics)
 
     def unassigned_partitions(self) -> dict[str, list[str]]:
         """Per stage with workers: input partitions no worker of the stage reports in /healthz."""

@@ -22,8 +22,8 @@ from emostream.schemas.audio import (
     ChannelRole,
 )
 from emostream.schemas.settings import Settings
-from emostream.workers.codecs import ALAW_TO_S16, MULAW_TO_S16
-from emostream.workers.kafka_config import kafka_python_options
+from emostream.workers.runtime.codecs import ALAW_TO_S16, MULAW_TO_S16
+from emostream.workers.runtime.kafka_config import kafka_python_options
 from kafka import KafkaProducer
 
 __all__ = [
@@ -77,7 +77,7 @@ def load_recording(path: Path, *, sample_rate_hz: int) -> np.ndarray:
 def _g711_encoder(decode_table: np.ndarray) -> np.ndarray:
     """int16 value (offset by 32768) -> the G.711 byte whose decoded value is nearest.
 
-    Built by inverting the decoder's table (workers.codecs), so encode and decode cannot disagree.
+    Built by inverting the decoder's table (workers.runtime.codecs), so encode and decode cannot disagree.
     """
     order = np.argsort(decode_table, kind="stable")
     sorted_values = decode_table[order].astype(np.int32)

@@ -12,7 +12,7 @@ from typing import Any
 
 from emostream.schemas.dead_letter import DeadLetter
 from emostream.schemas.headers import headers_to_text
-from emostream.workers.metrics import WorkerMetrics
+from emostream.workers.runtime.metrics import WorkerMetrics
 from faust.types import EventT, TopicT
 
 __all__ = ["DeadLetterSink", "dead_letter_for"]

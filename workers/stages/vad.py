@@ -15,7 +15,7 @@ Commit design (what makes `kill -9` safe):
 - After a crash or rebalance the new owner reads from the committed offset, which is at or before
   every chunk the stream's stored checkpoint needs; it restores the stream from that checkpoint,
   drops chunks before it as late, and replays the rest: the same segments with the same indices
-  (see `workers.stream_state`), which downstream overwrite by key.
+  (see `workers.stages.stream_state`), which downstream overwrite by key.
 - Redis down: checkpoint writes are retried and their chunks stay unacknowledged (the committed
   offset waits; memory grows with the outage; a crash meanwhile replays more). A stream first seen
   while Redis is down starts fresh if its first chunk is seq 0 (nothing before it to resume: the
@@ -40,10 +40,10 @@ from emostream.schemas.audio import AudioChunkHeader, ChannelRole
 from emostream.schemas.errors import RecordError
 from emostream.schemas.segment import SegmentHeader
 from emostream.schemas.settings import VadSettings
-from emostream.workers.app import WorkerContext
-from emostream.workers.codecs import decode_to_s16
-from emostream.workers.result_store import StoreUnavailable
-from emostream.workers.stream_state import (
+from emostream.workers.runtime.app import WorkerContext
+from emostream.workers.runtime.codecs import decode_to_s16
+from emostream.workers.runtime.result_store import StoreUnavailable
+from emostream.workers.stages.stream_state import (
     Chunk,
     StepResult,
     StreamCheckpoint,

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from emostream.schemas.settings import Settings
-    from emostream.workers.stack import LocalStack
+    from emostream.workers.stack.local_stack import LocalStack
 
 DEFAULT_BROKER_PORT = (
     9092  # what `send` / `tail` use when EMOSTREAM_KAFKA__BOOTSTRAP_SERVERS is unset
 )
 DEMO_RECORDING = (
-    Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "speech.wav"
+    Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "speech.wav"
 )  # in a checkout
 DEMO_IDLE_S = 5.0  # after the recording is sent, stop waiting once no result came for this long
 DEMO_TIMEOUT_S = 120.0  # upper bound on waiting for results after the recording is sent
@@ -103,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from emostream.schemas.settings import Settings
-    from emostream.workers.services import ServiceError, port_is_free
-    from emostream.workers.stack import LocalStack, StackCounts
-    from emostream.workers.topics import TopicError
+    from emostream.workers.stack.services import ServiceError, port_is_free
+    from emostream.workers.stack.local_stack import LocalStack, StackCounts
+    from emostream.workers.runtime.topics import TopicError
 
     for option in ("vad_workers", "inference_workers", "plugin_workers"):
         if getattr(args, option) < 0:
@@ -204,8 +204,8 @@ def _print_services(stack: "LocalStack") -> None:
 def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
     """Send `recording` in real time as one stream and print its results; 0 if any arrived."""
     from emostream.schemas.audio import AudioEncoding, ChannelRole
-    from emostream.workers.producer import load_recording, make_audio_producer, send_recording
-    from emostream.workers.tail import (
+    from emostream.workers.cli.clients.producer import load_recording, make_audio_producer, send_recording
+    from emostream.workers.cli.clients.tail import (
         BadResult,
         TailFilter,
         format_event,

@@ -27,7 +27,7 @@ from emostream.model.base import EmotionModel, Prediction
 from emostream.schemas.errors import RecordError
 from emostream.schemas.event import EmotionEvent, LatencyBreakdown
 from emostream.schemas.segment import SEGMENT_SAMPLE_RATE_HZ, SegmentHeader
-from emostream.workers.app import WorkerContext
+from emostream.workers.runtime.app import WorkerContext
 from faust.types import EventT, StreamT
 
 __all__ = ["MIN_SEGMENT_SAMPLES", "InferenceStage", "build"]
