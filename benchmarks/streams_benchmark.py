@@ -38,7 +38,7 @@ from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.segment import SegmentHeader
 from emostream.schemas.settings import Settings
 from emostream.workers.cli.clients.producer import encode_s16
-from emostream.workers.runtime.result_store import results_channel
+from emostream.schemas.redis_keys import results_channel
 from emostream.workers.stack.services import RedisServer, TansuBroker
 from emostream.workers.stack.local_stack import WorkerProcess
 from emostream.workers.runtime.topics import ensure_topics, stack_topics

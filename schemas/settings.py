@@ -5,7 +5,7 @@ Every variable starts with `EMOSTREAM_`; nested sections use `__`, e.g.
 Defaults are the local stack's (the embedded default); production changes them by environment only.
 """
 
-from functools import lru_cache
+import ssl
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -26,6 +26,13 @@ class KafkaSettings(BaseModel):
     fetch_max_wait_ms: int = Field(
         20, ge=1, description="longest a fetch waits for records; some brokers (Tansu) always wait it out"
     )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The one TLS context of every Kafka client (faust, aiokafka): CA file, optional client cert."""
+        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        return context
 
 
 class TopicSettings(BaseModel):
@@ -133,8 +140,3 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     worker_id: str = Field("emostream", description="faust app id / consumer group prefix")
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()

@@ -14,7 +14,6 @@ Choices that matter for correctness (see ../shared/docs/BROKER-NOTES.md):
   instead of waiting for held (unacknowledged) chunks; the new owner replays them.
 """
 
-import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,13 +49,6 @@ def broker_urls(kafka: KafkaSettings) -> list[str]:
     ]
 
 
-def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=kafka.ssl_cafile)
-    if kafka.ssl_certfile:
-        context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
-    return context
-
-
 def broker_credentials(kafka: KafkaSettings) -> faust.SASLCredentials | faust.SSLCredentials | None:
     """faust credentials for SASL (PLAIN / SCRAM) over PLAINTEXT or SSL, or plain SSL, or none."""
     if kafka.security_protocol.startswith("SASL"):
@@ -69,10 +61,10 @@ def broker_credentials(kafka: KafkaSettings) -> faust.SASLCredentials | faust.SS
             username=kafka.sasl_username,
             password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
             mechanism=kafka.sasl_mechanism,
-            ssl_context=_ssl_context(kafka) if kafka.security_protocol == "SASL_SSL" else None,
+            ssl_context=kafka.ssl_context() if kafka.security_protocol == "SASL_SSL" else None,
         )
     if kafka.security_protocol == "SSL":
-        return faust.SSLCredentials(_ssl_context(kafka))
+        return faust.SSLCredentials(kafka.ssl_context())
     return None
 
 

@@ -54,6 +54,11 @@ class WorkerMetrics:
         self.dead_letters = Counter(
             "emostream_dead_letters", "records sent to the dead-letter topic", registry=r
         )
+        self.dead_letter_failures = Counter(
+            "emostream_dead_letter_failures",
+            "dead letters that could not be sent (logged; the record is acknowledged or replayed)",
+            registry=r,
+        )
         self.gaps = Counter(
             "emostream_gaps", "sequence gaps by handling (filled, closed)", ["handling"], registry=r
         )

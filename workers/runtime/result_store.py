@@ -1,16 +1,7 @@
 """The Redis side of the pipeline: results per segment, latest per stream, event log, live notice,
 and the VAD stage's per-stream resume checkpoints.
 
-Layout (`<p>` is `settings.redis.key_prefix`, default `emo:v1`; the braces are a Redis Cluster hash
-tag, so all keys of one stream live in one slot and one Lua script can touch them all):
-
-| key | type | content |
-|---|---|---|
-| `<p>:{<stream id>}:seg:<n>` | string, TTL `result_ttl_s` | EmotionEvent JSON of segment n |
-| `<p>:{<stream id>}:latest` | string, TTL | EmotionEvent JSON of the highest segment index written |
-| `<p>:{<stream id>}:events` | stream, capped ~`events_max_len`, TTL | field `event`: EmotionEvent JSON; entry id `<n+1>-0`, so a replayed segment is not appended twice |
-| `<p>:{<stream id>}:vad` | string, TTL `checkpoint_ttl_s` | the VAD stage's StreamCheckpoint JSON |
-| channel `<p>:results` | pub/sub | EmotionEvent JSON of every result written (live notice) |
+The key layout is `emostream.schemas.redis_keys` (the one place it is written down).
 
 Outages: a failed write never raises into the worker. Results go to a bounded in-memory backlog
 (`outage_backlog_max`, oldest dropped first and counted) and `available` turns false; a background
@@ -23,7 +14,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import redis.asyncio as aioredis
 from emostream.schemas.event import EmotionEvent
@@ -34,17 +24,11 @@ from emostream.schemas.redis_keys import (
     result_key,
     results_channel,
 )
+from emostream.plugins.connections import async_redis_client
 from emostream.schemas.settings import RedisSettings
 from redis.exceptions import RedisError
 
-__all__ = [
-    "ResultStore",
-    "StoreUnavailable",
-    "checkpoint_key",
-    "events_key",
-    "latest_key",
-    "result_key",
-]
+__all__ = ["ResultStore", "StoreUnavailable", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +70,9 @@ class StoreUnavailable(RuntimeError):
 
 
 def connect(settings: RedisSettings) -> aioredis.Redis:
-    """An asyncio Redis client from settings (URL may carry user:password; rediss:// for TLS)."""
-    options: dict[str, Any] = {
-        "socket_timeout": settings.socket_timeout_s,
-        "socket_connect_timeout": settings.socket_timeout_s,
-        "health_check_interval": 0,
-        "retry_on_timeout": False,
-        **settings.auth_options(),
-    }
-    return aioredis.Redis.from_url(settings.url, **options)
+    """The stages' asyncio Redis client: the settings' short socket timeout (an outage is noticed fast)."""
+    client: aioredis.Redis = async_redis_client(settings, socket_timeout_s=settings.socket_timeout_s)
+    return client
 
 
 class ResultStore:

@@ -228,8 +228,7 @@ class InferenceStage:
         )
 
     async def _dead_letter(self, received: _Received, reason: str) -> None:
-        delivery = await self.ctx.dead_letters.send(received.event, reason)
-        await delivery
+        await (await self.ctx.dead_letters.submit_for(received.event, reason))  # never raises
 
 
 def build(ctx: WorkerContext) -> InferenceStage:

@@ -268,7 +268,8 @@ class VadStage:
             samples = decode_to_s16(message.value or b"", header.encoding)
         except RecordError as error:
             reason = f"stream {stream_id}, chunk {header.seq}: {error}"
-            stream.deliveries.append(await self.ctx.dead_letters.send(event, reason))
+            # never raises; resolves False if the dead letter could not be sent (counted, logged)
+            stream.deliveries.append(await self.ctx.dead_letters.submit_for(event, reason))
             self.ctx.metrics.chunks.labels("lost").inc()
             await self._handle(stream_id, stream, stream.state.lost(header.seq, event))
             return
@@ -398,8 +399,7 @@ class VadStage:
         return futures
 
     async def _dead_letter_and_ack(self, event: EventT, reason: str) -> None:
-        delivery = await self.ctx.dead_letters.send(event, reason)
-        await delivery
+        await (await self.ctx.dead_letters.submit_for(event, reason))  # never raises
         event.ack()
 
     def _forget(self, stream_id: str) -> None:
