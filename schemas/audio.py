@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 AUDIO_FORMAT_VERSION = 1
 SUPPORTED_SAMPLE_RATES_HZ: tuple[int, ...] = (8_000, 16_000, 32_000, 44_100, 48_000)
+# Every stage after the VAD stage's decoder works at this rate: segments topic, end-pointer, model.
+PIPELINE_SAMPLE_RATE_HZ = 16_000
+# s16le sample k stands for k / INT16_FULL_SCALE in [-1, 1): the scale between PCM and float audio.
+INT16_FULL_SCALE = 32_768
 
 # Stream ids become Kafka keys and Redis hash tags: no braces, no whitespace.
 STREAM_ID_PATTERN = r"^[A-Za-z0-9._:@/+-]{1,128}$"

@@ -72,10 +72,9 @@ def chunked(samples: np.ndarray, chunk_samples: int) -> list[np.ndarray]:
 # -- streaming through the real pipeline ----------------------------------------------------------
 def reference_segments(samples_16k: np.ndarray, settings, *, chunk_ms: int = 20) -> list:
     """What the VAD stage must emit for this audio sent in order: the offline StreamState result."""
-    from emostream.workers.stages.stream_state import Chunk, StreamState
-    from emostream.workers.stages.vad import stream_params
+    from emostream.workers.stages.stream_state import Chunk, StreamParams, StreamState
 
-    state = StreamState("reference", stream_params(settings.vad))
+    state = StreamState("reference", StreamParams.from_settings(settings.vad))
     pieces = chunked(samples_16k, SPEECH_SAMPLE_RATE_HZ * chunk_ms // 1000)
     segments = []
     for seq, piece in enumerate(pieces):

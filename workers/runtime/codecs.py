@@ -3,29 +3,22 @@
 G.711 decoding uses 256-entry numpy tables (ITU-T G.711, the same values `audioop.ulaw2lin` /
 `audioop.alaw2lin` return; `audioop` is gone in Python 3.13). Resampling uses soxr.
 
-Each chunk is resampled on its own (no filter state carried across chunks), so decoding a chunk
+Each chunk is resampled on its own (`resample_s16`, used by `stages.stream_state`) (no filter state carried across chunks), so decoding a chunk
 depends only on that chunk and on how many input samples the stream had before it. That makes a
 replay after a crash, which restarts from a chunk boundary, produce exactly the same samples as the
 first run did. Output lengths follow the cumulative input position, so stream time never drifts:
 after n input samples at rate r the stream holds exactly round(n * 16000 / r) output samples.
 """
 
-from dataclasses import dataclass
-
 import numpy as np
 import soxr
-from emostream.schemas.audio import SUPPORTED_SAMPLE_RATES_HZ, AudioEncoding
+from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, SUPPORTED_SAMPLE_RATES_HZ, AudioEncoding
 from emostream.schemas.errors import RecordError
 
-TARGET_SAMPLE_RATE_HZ = 16_000  # what model.vad.Endpointer and the segments topic expect
-INT16_FULL_SCALE = 32_768.0
 
 __all__ = [
     "ALAW_TO_S16",
     "MULAW_TO_S16",
-    "TARGET_SAMPLE_RATE_HZ",
-    "DecodedChunk",
-    "decode_chunk",
     "decode_to_s16",
     "output_samples_before",
     "resample_s16",
@@ -75,7 +68,7 @@ def decode_to_s16(value: bytes, encoding: AudioEncoding) -> np.ndarray:
 
 def output_samples_before(input_samples: int, sample_rate_hz: int) -> int:
     """16 kHz samples that `input_samples` at `sample_rate_hz` map to (the stream-time position)."""
-    return (input_samples * TARGET_SAMPLE_RATE_HZ + sample_rate_hz // 2) // sample_rate_hz
+    return (input_samples * PIPELINE_SAMPLE_RATE_HZ + sample_rate_hz // 2) // sample_rate_hz
 
 
 def resample_s16(samples: np.ndarray, sample_rate_hz: int, output_samples: int) -> np.ndarray:
@@ -83,37 +76,12 @@ def resample_s16(samples: np.ndarray, sample_rate_hz: int, output_samples: int) 
     if sample_rate_hz not in SUPPORTED_SAMPLE_RATES_HZ:
         rates = ", ".join(str(rate) for rate in SUPPORTED_SAMPLE_RATES_HZ)
         raise RecordError(f"sample rate {sample_rate_hz} not supported; use {rates}")
-    if sample_rate_hz == TARGET_SAMPLE_RATE_HZ or len(samples) == 0:
+    if sample_rate_hz == PIPELINE_SAMPLE_RATE_HZ or len(samples) == 0:
         resampled = samples
     else:
-        resampled = soxr.resample(samples, sample_rate_hz, TARGET_SAMPLE_RATE_HZ, quality="HQ")
+        resampled = soxr.resample(samples, sample_rate_hz, PIPELINE_SAMPLE_RATE_HZ, quality="HQ")
     if len(resampled) >= output_samples:
         return np.ascontiguousarray(resampled[:output_samples], dtype=np.int16)
     padded = np.zeros(output_samples, dtype=np.int16)
     padded[: len(resampled)] = resampled
     return padded
-
-
-@dataclass(frozen=True)
-class DecodedChunk:
-    """One chunk as 16 kHz s16le samples, placed in stream time."""
-
-    pcm_s16le: bytes  # 16 kHz, little-endian int16
-    input_samples: int  # samples at the chunk's own rate
-
-    @property
-    def samples(self) -> int:
-        return len(self.pcm_s16le) // 2
-
-
-def decode_chunk(
-    value: bytes, *, encoding: AudioEncoding, sample_rate_hz: int, input_samples_before: int
-) -> DecodedChunk:
-    """Decode and resample one chunk that starts `input_samples_before` samples into its stream."""
-    samples = decode_to_s16(value, encoding)
-    start = output_samples_before(input_samples_before, sample_rate_hz)
-    end = output_samples_before(input_samples_before + len(samples), sample_rate_hz)
-    resampled = resample_s16(samples, sample_rate_hz, end - start)
-    return DecodedChunk(
-        pcm_s16le=resampled.astype("<i2", copy=False).tobytes(), input_samples=len(samples)
-    )

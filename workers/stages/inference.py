@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from emostream.model.base import EmotionModel, Prediction
+from emostream.schemas.audio import INT16_FULL_SCALE
 from emostream.schemas.errors import RecordError
 from emostream.schemas.event import EmotionEvent, LatencyBreakdown
 from emostream.schemas.segment import SEGMENT_SAMPLE_RATE_HZ, SegmentHeader
@@ -34,7 +35,6 @@ __all__ = ["MIN_SEGMENT_SAMPLES", "InferenceStage", "build"]
 
 log = logging.getLogger(__name__)
 
-INT16_FULL_SCALE = 32_768.0
 MIN_SEGMENT_SAMPLES = SEGMENT_SAMPLE_RATE_HZ // 100  # 10 ms: anything shorter is not a segment
 DURATION_TOLERANCE_MS = 1.0  # header times vs value length
 

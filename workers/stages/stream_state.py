@@ -25,8 +25,8 @@ Only idle eviction depends on the wall clock (the worker decides when to call `e
 
 import json
 from collections.abc import Hashable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Generic, TypeVar
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from emostream.model.vad import (
@@ -37,6 +37,7 @@ from emostream.model.vad import (
     SpeechSegment,
 )
 from emostream.schemas.errors import RecordError
+from emostream.schemas.settings import VadSettings
 from emostream.workers.runtime.codecs import output_samples_before, resample_s16
 
 Token = TypeVar("Token", bound=Hashable)
@@ -65,13 +66,29 @@ class Chunk:
     received_at_ms: int | None = None  # wall clock (Unix ms) when the worker received it
 
 
+def _vad_default(name: str) -> Any:
+    return VadSettings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class StreamParams:
-    endpointer: EndpointerParams = field(default_factory=EndpointerParams)
-    max_gap_ms: int = (
-        1_000  # a gap up to this long is filled with silence; longer closes the segment
+    """Per-stream parameters, derived from `VadSettings` (the one source; see `from_settings`)."""
+
+    endpointer: EndpointerParams = field(
+        default_factory=lambda: StreamParams.from_settings(VadSettings()).endpointer
     )
-    max_reorder_chunks: int = 50  # chunks held waiting for a missing one before declaring a gap
+    max_gap_ms: int = _vad_default("max_gap_ms")  # up to this: filled with silence; longer: closes
+    max_reorder_chunks: int = _vad_default("max_reorder_chunks")  # held waiting for a missing one
+
+    @classmethod
+    def from_settings(cls, vad: VadSettings) -> "StreamParams":
+        """Every field of `EndpointerParams` and of this class is the `VadSettings` field of that name."""
+        endpointer_names = {item.name for item in fields(EndpointerParams)}
+        own_names = {item.name for item in fields(cls)} - {"endpointer"}
+        return cls(
+            endpointer=EndpointerParams(**vad.model_dump(include=endpointer_names)),
+            **vad.model_dump(include=own_names),
+        )
 
 
 @dataclass(frozen=True)

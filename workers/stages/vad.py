@@ -35,11 +35,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from emostream.model.vad import EndpointerParams
 from emostream.schemas.audio import AudioChunkHeader, ChannelRole
 from emostream.schemas.errors import RecordError
 from emostream.schemas.segment import SegmentHeader
-from emostream.schemas.settings import VadSettings
 from emostream.workers.runtime.app import WorkerContext
 from emostream.workers.runtime.codecs import decode_to_s16
 from emostream.workers.runtime.result_store import StoreUnavailable
@@ -52,29 +50,12 @@ from emostream.workers.stages.stream_state import (
 )
 from faust.types import TP, EventT, StreamT
 
-__all__ = ["VadStage", "build", "stream_params"]
+__all__ = ["VadStage", "build"]
 
 log = logging.getLogger(__name__)
 
 EVICTION_INTERVAL_S = 1.0
 RECENT_CHECKPOINTS_MAX = 10_000  # finished / evicted streams remembered without asking Redis
-
-
-def stream_params(vad: VadSettings) -> StreamParams:
-    return StreamParams(
-        endpointer=EndpointerParams(
-            aggressiveness=vad.aggressiveness,
-            frame_ms=vad.frame_ms,
-            onset_ms=vad.onset_ms,
-            hangover_ms=vad.hangover_ms,
-            padding_ms=vad.padding_ms,
-            min_segment_ms=vad.min_segment_ms,
-            max_segment_ms=vad.max_segment_ms,
-            quiet_boundary_ms=vad.quiet_boundary_ms,
-        ),
-        max_gap_ms=vad.max_gap_ms,
-        max_reorder_chunks=vad.max_reorder_chunks,
-    )
 
 
 def now_ms() -> int:
@@ -195,7 +176,7 @@ class VadStage:
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
-        self.params = stream_params(ctx.settings.vad)
+        self.params = StreamParams.from_settings(ctx.settings.vad)
         self._streams: dict[str, _Stream] = {}
         self._recent: OrderedDict[str, tuple[TP, StreamCheckpoint]] = OrderedDict()
         self._waiting: dict[

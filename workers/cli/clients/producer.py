@@ -16,6 +16,7 @@ import numpy as np
 import soundfile
 import soxr
 from emostream.schemas.audio import (
+    INT16_FULL_SCALE,
     SUPPORTED_SAMPLE_RATES_HZ,
     AudioChunkHeader,
     AudioEncoding,
@@ -41,7 +42,6 @@ __all__ = [
 DEFAULT_CHUNK_MS = 20  # what telephony gateways usually send (RTP packetisation)
 MIN_CHUNK_MS = 10
 MAX_CHUNK_MS = 1_000
-INT16_FULL_SCALE = 32_768  # soundfile reads int16 k as k / 32768: scaling back is bit-exact
 SEND_TIMEOUT_S = 30.0  # flush deadline at the end of a recording
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def load_recording(path: Path, *, sample_rate_hz: int) -> np.ndarray:
         raise AudioFileError(f"{path}: holds no samples")
     if file_rate_hz != sample_rate_hz:
         mono = soxr.resample(mono, file_rate_hz, sample_rate_hz, quality="HQ")
+    # soundfile reads int16 k as k / INT16_FULL_SCALE: scaling back is bit-exact
     return np.clip(np.round(mono * INT16_FULL_SCALE), -32_768, 32_767).astype(np.int16)
 
 

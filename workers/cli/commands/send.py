@@ -4,11 +4,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from emostream.schemas.audio import SUPPORTED_SAMPLE_RATES_HZ, AudioEncoding, ChannelRole
+from emostream.schemas.audio import (
+    PIPELINE_SAMPLE_RATE_HZ,
+    SUPPORTED_SAMPLE_RATES_HZ,
+    AudioEncoding,
+    ChannelRole,
+)
 from emostream.workers.cli.commands._kafka_args import add_kafka_arguments, settings_from_args
 
 G711_SAMPLE_RATE_HZ = 8_000
-WIDEBAND_SAMPLE_RATE_HZ = 16_000
+WIDEBAND_SAMPLE_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # s16le default: no resampling in the VAD stage
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -109,15 +114,3 @@ def run(args: argparse.Namespace) -> int:
         f"{settings.kafka.bootstrap_servers} in {report.wall_s:.2f} s"
     )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run this command alone (`python -m emostream.workers.cli.commands.send ...`)."""
-    parser = argparse.ArgumentParser(prog="emostream")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["send", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.handler(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -76,15 +76,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         consumer.close()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run this command alone (`python -m emostream.workers.cli.commands.tail ...`)."""
-    parser = argparse.ArgumentParser(prog="emostream")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["tail", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.handler(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

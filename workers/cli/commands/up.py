@@ -203,7 +203,7 @@ def _print_services(stack: "LocalStack") -> None:
 
 def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
     """Send `recording` in real time as one stream and print its results; 0 if any arrived."""
-    from emostream.schemas.audio import AudioEncoding, ChannelRole
+    from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, AudioEncoding, ChannelRole
     from emostream.workers.cli.clients.producer import load_recording, make_audio_producer, send_recording
     from emostream.workers.cli.clients.tail import (
         BadResult,
@@ -214,7 +214,7 @@ def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
     )
 
     stream_id = f"demo-{int(time.time())}:customer"
-    sample_rate_hz = 16_000
+    sample_rate_hz = PIPELINE_SAMPLE_RATE_HZ
     samples = load_recording(recording, sample_rate_hz=sample_rate_hz)
     consumer = make_tail_consumer(settings, topic=settings.topics.emotions, wait_s=10.0)
     sent = threading.Event()
