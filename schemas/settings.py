@@ -84,6 +84,22 @@ class VadSettings(BaseModel):
     max_gap_ms: int = Field(1_000, ge=0, description="a sequence gap up to this long is filled with silence")
     idle_stream_timeout_s: float = Field(60.0, gt=0, description="streams idle this long are flushed and forgotten")
     max_reorder_chunks: int = Field(50, ge=1, description="out-of-order chunks held while waiting for a gap")
+    max_ahead_chunks: int = Field(
+        3_000,
+        ge=1,
+        description="a chunk whose seq is more than this past the expected one is dead-lettered (60 s of 20 ms chunks)",
+    )
+    end_of_stream_wait_ms: int = Field(
+        2_000, ge=0, description="an end of stream with chunks still missing waits this long for them"
+    )
+    max_live_streams: int = Field(
+        10_000, ge=1, description="streams one VAD worker holds; the chunks of a stream past it are dead-lettered"
+    )
+    max_held_chunks: int = Field(
+        200_000,
+        ge=1,
+        description="chunks held unacknowledged (e.g. while Redis is down) before the worker stops consuming",
+    )
     quiet_boundary_ms: int = Field(
         5_000, ge=0, description="in silence, a resume checkpoint after this much audio (bounds replay after a crash)"
     )

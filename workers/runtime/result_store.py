@@ -47,16 +47,21 @@ return 1
 """
 
 
-# KEYS: checkpoint. ARGV: checkpoint json, next seq, boundary sample, ttl s.
-# Checkpoints only move forward: a late write of an older one (e.g. from a worker that just lost the
-# partition) must not send a later resume behind offsets that are already committed.
+# KEYS: checkpoint. ARGV: checkpoint json, next seq, boundary sample, ttl s, epoch.
+# Checkpoints only move forward, ordered by (epoch, next seq, boundary sample): a late write of an
+# older one (e.g. from a worker that just lost the partition) must not send a later resume behind
+# offsets that are already committed.
 SAVE_CHECKPOINT_LUA = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local stored = cjson.decode(current)
-  local seq, sample = tonumber(ARGV[2]), tonumber(ARGV[3])
+  local seq, sample, epoch = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+  local stored_epoch = stored['position']['epoch'] or 0
   local stored_seq = stored['position']['next_seq']
-  if stored_seq > seq or (stored_seq == seq and stored['boundary']['sample'] > sample) then
+  if stored_epoch > epoch then
+    return 0
+  end
+  if stored_epoch == epoch and (stored_seq > seq or (stored_seq == seq and stored['boundary']['sample'] > sample)) then
     return 0
   end
 end
@@ -215,8 +220,8 @@ class ResultStore:
             ) from None
         return raw.decode() if isinstance(raw, bytes) else raw
 
-    async def save_checkpoints(self, checkpoints: dict[str, tuple[str, int, int]]) -> None:
-        """Store stream id -> (checkpoint JSON, next seq, boundary sample), never moving one back.
+    async def save_checkpoints(self, checkpoints: dict[str, tuple[str, int, int, int]]) -> None:
+        """Store stream id -> (checkpoint JSON, next seq, boundary sample, epoch), never moving one back.
 
         Raises StoreUnavailable when Redis is down.
         """
@@ -224,10 +229,10 @@ class ResultStore:
             return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for stream_id, (text, next_seq, boundary_sample) in checkpoints.items():
+                for stream_id, (text, next_seq, boundary_sample, epoch) in checkpoints.items():
                     await self._save_checkpoint(
                         keys=[checkpoint_key(self.prefix, stream_id)],
-                        args=[text, next_seq, boundary_sample, self.settings.checkpoint_ttl_s],
+                        args=[text, next_seq, boundary_sample, self.settings.checkpoint_ttl_s, epoch],
                         client=pipe,
                     )
                 await pipe.execute()

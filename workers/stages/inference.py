@@ -10,14 +10,16 @@ Per micro-batch (`stream.take(batch_max, within=batch_within_s)`):
 5. then write Redis (result, latest, event log, pub/sub notice), which never blocks on an outage.
 
 Ordering 4 before 5 makes a cached result imply it is already on the topic, so a cache hit needs no
-re-publish. The batch's offsets are acknowledged when the loop asks for the next batch, i.e. after
+re-publish. Each result is sent on its own: a send that fails is retried (`RESULT_SEND_ATTEMPTS`),
+then its segment is dead-lettered; the batch's other results go on (and only sent results are
+written to Redis). The batch's offsets are acknowledged when the loop asks for the next batch, i.e. after
 4 and 5: a crash before that replays the batch (idempotent: same keys, overwritten).
 """
 
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MIN_SEGMENT_SAMPLES = SEGMENT_SAMPLE_RATE_HZ // 100  # 10 ms: anything shorter is not a segment
 DURATION_TOLERANCE_MS = 1.0  # header times vs value length
+RESULT_SEND_ATTEMPTS = 3  # per result, before its segment is dead-lettered
+RESULT_SEND_RETRY_S = 0.2  # wait between attempts (doubles)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,24 @@ class _Segment:
     received: _Received
     header: SegmentHeader
     waveform: np.ndarray  # float32 in [-1, 1] at 16 kHz
+
+    @property
+    def where(self) -> str:
+        return f"stream {self.header.stream_id}, segment {self.header.segment_index}"
+
+
+async def _done(error: BaseException | None) -> BaseException | None:
+    return error
+
+
+async def _outcome(delivery: Awaitable[Any]) -> BaseException | None:
+    try:
+        await delivery
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the caller retries or dead-letters
+        return error
+    return None
 
 
 def now_ms() -> int:
@@ -155,19 +177,19 @@ class InferenceStage:
             log.warning("batch of %d failed (%s); retrying segment by segment", len(todo), error)
             predictions = await self._predict_one_by_one(todo)
         inference_ms = 1000.0 * (time.perf_counter() - started)
-        events = [
-            self._event(segment, prediction, picked_at_ms=picked_at_ms, inference_ms=inference_ms)
-            for segment, prediction in zip(todo, predictions)
-            if prediction is not None
-        ]
-        deliveries = [
-            await self.ctx.topics.emotions.send(
-                key=event.stream_id.encode(), value=event.model_dump_json().encode()
-            )
-            for event in events
-        ]
-        for delivery in deliveries:
-            await delivery
+        made: list[tuple[_Segment, EmotionEvent]] = []
+        for segment, prediction in zip(todo, predictions):
+            if prediction is None:
+                continue
+            try:
+                event = self._event(
+                    segment, prediction, picked_at_ms=picked_at_ms, inference_ms=inference_ms
+                )
+            except ValueError as error:  # pydantic: the model's output does not make a valid result
+                await self._dead_letter(segment.received, f"{segment.where}: no valid result: {error}")
+                continue
+            made.append((segment, event))
+        events = await self._publish(made)
         await self.ctx.store.write_results(events)
         metrics.results.labels("inferred").inc(len(events))
         metrics.redis_up.set(1 if self.ctx.store.available else 0)
@@ -179,6 +201,40 @@ class InferenceStage:
                 if value is not None:
                     metrics.latency.labels(part).observe(max(0.0, value) / 1000)
 
+    async def _publish(self, made: list[tuple[_Segment, EmotionEvent]]) -> list[EmotionEvent]:
+        """Send every result, each on its own; return those on the topic. A result whose sends all
+        fail is dead-lettered (its segment record), and the others are not held back."""
+        sent: list[EmotionEvent] = []
+        pending = [(segment, event, await self._send_result(event)) for segment, event in made]
+        for segment, event, delivery in pending:
+            error = await delivery
+            attempt = 1
+            while error is not None and attempt < RESULT_SEND_ATTEMPTS:
+                await asyncio.sleep(RESULT_SEND_RETRY_S * 2 ** (attempt - 1))
+                attempt += 1
+                error = await (await self._send_result(event))
+            if error is None:
+                sent.append(event)
+                continue
+            await self._dead_letter(
+                segment.received,
+                f"{segment.where}: result not sent to the emotions topic after {attempt} attempts: "
+                f"{type(error).__name__}: {error}",
+            )
+        return sent
+
+    async def _send_result(self, event: EmotionEvent) -> Awaitable[BaseException | None]:
+        """Queue one result; the awaitable gives None once it is on the topic, or the error."""
+        try:
+            delivery = await self.ctx.topics.emotions.send(
+                key=event.stream_id.encode(), value=event.model_dump_json().encode()
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - reported per result by _publish
+            return _done(error)
+        return _outcome(delivery)
+
     async def _predict_one_by_one(self, todo: list[_Segment]) -> list[Prediction | None]:
         loop = asyncio.get_running_loop()
         predictions: list[Prediction | None] = []
@@ -189,9 +245,9 @@ class InferenceStage:
                 )
                 predictions.append(prediction)
             except Exception as error:  # noqa: BLE001 - any model failure: dead-letter this segment, go on
-                where = f"stream {segment.header.stream_id}, segment {segment.header.segment_index}"
                 await self._dead_letter(
-                    segment.received, f"{where}: inference failed: {type(error).__name__}: {error}"
+                    segment.received,
+                    f"{segment.where}: inference failed: {type(error).__name__}: {error}",
                 )
                 predictions.append(None)
         return predictions

@@ -4,8 +4,17 @@
 
 - Ordering: chunks are processed in `seq` order. An early chunk waits in a reorder buffer of at most
   `max_reorder_chunks`; a duplicate (already processed or already waiting) or a late chunk (its seq
-  already passed) is dropped. A gap is declared when the buffer overflows or holds the
-  end-of-stream chunk; a chunk whose value could not be decoded (`lost`) is a gap of one chunk.
+  already passed) is dropped. A gap is declared when the buffer overflows; a chunk whose value could
+  not be decoded (`lost`) is a gap of one chunk (and still ends the stream if it was flagged so).
+- End of stream that arrives early (chunks before it still missing) waits like any early chunk:
+  the worker calls `close_gaps()` once it has waited `end_of_stream_wait_ms`, so chunks reordered
+  around the end are not lost.
+- A seq more than `max_ahead_chunks` past the expected one is not buffered (`rejected_ahead`: the
+  worker dead-letters it); it would otherwise jump stream time and make the rest of the call late.
+- Epochs: a gateway that restarts its sequence numbers after a reconnect sends a higher `epoch`
+  (header `epoch`, see `schemas.audio`). The first chunk of a new epoch closes the old one (gaps
+  declared, open segment closed) and starts seq 0 again at the current stream time, segment indices
+  continuing. A chunk of an older epoch is dropped (`dropped_stale_epoch`).
 - Stream time: each missing chunk is assumed as long as the chunk before it. A gap up to
   `max_gap_ms` is filled with silence; a longer one closes the open segment and the stream resumes
   after it, so segment times keep matching where the speech is in the gateway's audio.
@@ -64,6 +73,7 @@ class Chunk:
     sample_rate_hz: int
     end_of_stream: bool = False
     received_at_ms: int | None = None  # wall clock (Unix ms) when the worker received it
+    epoch: int = 0  # the gateway's connection epoch: seq restarts at 0 in each
 
 
 def _vad_default(name: str) -> Any:
@@ -79,6 +89,7 @@ class StreamParams:
     )
     max_gap_ms: int = _vad_default("max_gap_ms")  # up to this: filled with silence; longer: closes
     max_reorder_chunks: int = _vad_default("max_reorder_chunks")  # held waiting for a missing one
+    max_ahead_chunks: int = _vad_default("max_ahead_chunks")  # a seq further ahead is rejected
 
     @classmethod
     def from_settings(cls, vad: VadSettings) -> "StreamParams":
@@ -105,6 +116,7 @@ class StreamPosition:
     anchor_input_samples: int = 0
     anchor_rate_hz: int = VAD_SAMPLE_RATE_HZ
     last_chunk_input_samples: int = 0  # length of the last chunk, to estimate a missing one
+    epoch: int = 0  # the gateway connection epoch `next_seq` counts in
 
     @property
     def stream_sample(self) -> int:
@@ -168,8 +180,11 @@ class StepResult(Generic[Token]):
     checkpoint: StreamCheckpoint | None = None
     ack_now: list[Token] = field(default_factory=list)
     ack_after_checkpoint: list[Token] = field(default_factory=list)
+    rejected_ahead: list[Token] = field(default_factory=list)  # seq too far ahead: dead-letter these
     dropped_duplicate: int = 0
     dropped_late: int = 0
+    dropped_stale_epoch: int = 0  # chunks of an epoch older than the stream's (also in ack_now)
+    epochs_started: int = 0
     gaps_filled: int = 0
     gaps_closed: int = 0
 
@@ -215,13 +230,81 @@ class StreamState(Generic[Token]):
     def in_speech(self) -> bool:
         return self._endpointer.in_speech
 
+    @property
+    def end_of_stream_waiting(self) -> bool:
+        """The end-of-stream chunk arrived but chunks before it are still missing."""
+        return self._eos_waiting()
+
     def accept(self, chunk: Chunk, token: Token) -> StepResult[Token]:
         """Take one chunk in arrival order; returns the segments and checkpoint it made ready."""
-        return self._arrive(chunk.seq, chunk, token)
+        result: StepResult[Token] = StepResult()
+        if chunk.epoch < self._position.epoch:
+            result.dropped_stale_epoch += 1
+            result.ack_now.append(token)
+            return result
+        if chunk.epoch > self._position.epoch:
+            self._begin_epoch(chunk.epoch, result)
+        return self._arrive(chunk.seq, chunk, token, result)
 
-    def lost(self, seq: int, token: Token) -> StepResult[Token]:
-        """Chunk `seq` arrived but could not be decoded: treat it as a gap of one chunk."""
+    def lost(
+        self, seq: int, token: Token, *, end_of_stream: bool = False, epoch: int | None = None
+    ) -> StepResult[Token]:
+        """Chunk `seq` arrived but could not be decoded: a gap of one chunk; it still ends the
+        stream when flagged end-of-stream (its audio is what is lost, not the end)."""
+        if end_of_stream:
+            empty = Chunk(
+                seq=seq,
+                samples=np.zeros(0, dtype=np.int16),
+                sample_rate_hz=self._position.anchor_rate_hz,
+                end_of_stream=True,
+                epoch=self._position.epoch if epoch is None else epoch,
+            )
+            return self.accept(empty, token)
+        if epoch is not None and epoch != self._position.epoch:
+            result: StepResult[Token] = StepResult()
+            if epoch < self._position.epoch:
+                result.dropped_stale_epoch += 1
+                result.ack_now.append(token)
+                return result
+            self._begin_epoch(epoch, result)
+            return self._arrive(seq, _LOST, token, result)
         return self._arrive(seq, _LOST, token)
+
+    def close_gaps(self) -> StepResult[Token]:
+        """Stop waiting for missing chunks: declare the gaps before every waiting chunk and process
+        them (the worker calls this once an early end of stream has waited long enough)."""
+        result: StepResult[Token] = StepResult()
+        while self._buffer and not self._finished:
+            self._process_next(result, force_gap=True)
+        self._drop_after_end(result)
+        return result
+
+    def release_all(self) -> list[Token]:
+        """Give up on this stream (it failed): every token it holds, to dead-letter and acknowledge."""
+        tokens = [token for _, token in self._held]
+        held = {id(token) for token in tokens}
+        tokens += [token for _, token in self._buffer.values() if id(token) not in held]
+        self._held.clear()
+        self._buffer.clear()
+        return tokens
+
+    def _begin_epoch(self, epoch: int, result: StepResult[Token]) -> None:
+        """The gateway reconnected: close the old epoch where it stands, restart seq at 0."""
+        while self._buffer and not self._finished:
+            self._process_next(result, force_gap=True)
+        self._buffer.clear()
+        result.segments.extend(self._segments(self._endpointer.flush(), received_at_ms=None))
+        start = self._position.reanchored(self._position.anchor_rate_hz)
+        self._position = replace(start, next_seq=0, epoch=epoch, last_chunk_input_samples=0)
+        self._finished = False
+        emitted = self._endpointer.segments_emitted
+        self._endpointer.restart_at(
+            Boundary(sample=self._position.stream_sample, segments_before=emitted)
+        )
+        result.epochs_started += 1
+        result.checkpoint = StreamCheckpoint(self._position, self._endpointer.boundary, False)
+        result.ack_after_checkpoint.extend(token for _, token in self._held)
+        self._held.clear()
 
     def evict(self) -> StepResult[Token]:
         """Idle or shutting down: declare every gap, close the open segment, release every token."""
@@ -235,8 +318,14 @@ class StreamState(Generic[Token]):
         self._held.clear()
         return result
 
-    def _arrive(self, seq: int, chunk: Chunk | None, token: Token) -> StepResult[Token]:
-        result: StepResult[Token] = StepResult()
+    def _arrive(
+        self,
+        seq: int,
+        chunk: Chunk | None,
+        token: Token,
+        result: StepResult[Token] | None = None,
+    ) -> StepResult[Token]:
+        result = result if result is not None else StepResult()
         if seq in self._buffer:
             result.dropped_duplicate += 1
             result.ack_now.append(token)
@@ -245,22 +334,28 @@ class StreamState(Generic[Token]):
             result.dropped_late += 1
             result.ack_now.append(token)
             return result
+        if seq - self._position.next_seq > self.params.max_ahead_chunks:
+            result.rejected_ahead.append(token)
+            return result
         self._buffer[seq] = (chunk, token)
         self._held.append((seq, token))
         while self._buffer and not self._finished:
             if self._position.next_seq in self._buffer:
                 self._process_next(result, force_gap=False)
-            elif len(self._buffer) > self.params.max_reorder_chunks or self._eos_waiting():
+            elif len(self._buffer) > self.params.max_reorder_chunks:
                 self._process_next(result, force_gap=True)
             else:
                 break
+        self._drop_after_end(result)
+        return result
+
+    def _drop_after_end(self, result: StepResult[Token]) -> None:
         if self._finished and self._buffer:  # chunks after the end of stream are late
             result.dropped_late += len(self._buffer)
             result.ack_after_checkpoint.extend(token for _, token in self._buffer.values())
             dropped = {id(token) for _, token in self._buffer.values()}
             self._held = [(seq, token) for seq, token in self._held if id(token) not in dropped]
             self._buffer.clear()
-        return result
 
     def _eos_waiting(self) -> bool:
         return any(

@@ -21,6 +21,13 @@ Commit design (what makes `kill -9` safe):
   while Redis is down starts fresh if its first chunk is seq 0 (nothing before it to resume: the
   checkpoint is derived); otherwise the stream waits (its chunks are held, unacknowledged) until
   Redis answers, so it never restarts at a wrong segment index.
+- Bounds (explicit, each with a dead letter or a metric, never a silent loss of the rest of a call):
+  a seq more than `vad.max_ahead_chunks` ahead is dead-lettered; an early end of stream waits
+  `vad.end_of_stream_wait_ms` for the chunks still missing, then their gaps are declared; a new
+  stream past `vad.max_live_streams` is dead-lettered chunk by chunk; past `vad.max_held_chunks`
+  unacknowledged chunks (Redis down) the agent stops consuming until checkpoints are stored again.
+  A stream whose processing fails (in the agent, the Redis retry or the idle eviction) has its
+  held chunks dead-lettered and is forgotten; the other streams go on.
 - Limits: idle eviction depends on the wall clock, so a crash between an eviction's segment and
   its checkpoint may replay that segment longer (same index, overwritten). Redis must keep
   checkpoints (AOF / replicas in production): a stream whose checkpoint was lost resumes at the
@@ -55,6 +62,7 @@ __all__ = ["VadStage", "build"]
 log = logging.getLogger(__name__)
 
 EVICTION_INTERVAL_S = 1.0
+HELD_CHUNKS_POLL_S = 0.05  # how often a consumer paused by `max_held_chunks` looks again
 RECENT_CHECKPOINTS_MAX = 10_000  # finished / evicted streams remembered without asking Redis
 
 
@@ -95,6 +103,11 @@ class CheckpointWriter:
         else:
             current.merge_newer(job)
         self._wakeup.set()
+
+    def release(self, stream_id: str) -> list[EventT]:
+        """A stream was given up: its pending job's chunks, to dead-letter (nothing is stored)."""
+        job = self._pending.pop(stream_id, None)
+        return list(job.events) if job is not None else []
 
     def forget(self, revoked: set[TP]) -> None:
         """Partitions moved away: their chunks are the new owner's to replay; never ack them here."""
@@ -147,6 +160,7 @@ class CheckpointWriter:
                     job.checkpoint.to_json(),
                     job.checkpoint.position.next_seq,
                     job.checkpoint.boundary.sample,
+                    job.checkpoint.position.epoch,
                 )
                 for stream_id, job in delivered.items()
             }
@@ -169,6 +183,7 @@ class _Stream:
         default_factory=list
     )  # awaited before its next checkpoint
     checkpoint: StreamCheckpoint | None = None  # the latest one made (stored or on its way)
+    end_of_stream_seen_s: float | None = None  # monotonic time an early end of stream arrived
 
 
 class VadStage:
@@ -200,12 +215,30 @@ class VadStage:
     def health(self) -> dict[str, object]:
         return {
             "streams": len(self._streams),
-            "held_chunks": self._writer.held_events,
+            "held_chunks": self.held_chunks(),
             "streams_waiting_for_redis": len(self._waiting),
         }
 
+    def held_chunks(self) -> int:
+        return self._writer.held_events + sum(len(held) for held in self._waiting.values())
+
+    async def _wait_for_room(self) -> None:
+        """Bounded memory: past `max_held_chunks` unacknowledged chunks, stop consuming for a while."""
+        limit = self.ctx.settings.vad.max_held_chunks
+        if self.held_chunks() < limit:
+            return
+        log.warning(
+            "%d chunks held unacknowledged (limit %d, Redis down?): consuming paused",
+            self.held_chunks(),
+            limit,
+        )
+        while self.held_chunks() >= limit:
+            await asyncio.sleep(HELD_CHUNKS_POLL_S)
+        log.warning("held chunks below %d again: consuming resumed", limit)
+
     async def on_event(self, event: EventT) -> None:
         """One audio record. A record that breaks processing is dead-lettered; the worker goes on."""
+        await self._wait_for_room()
         try:
             await self._on_event(event, received_at_ms=now_ms())
         except (
@@ -232,6 +265,15 @@ class VadStage:
             return
         stream = self._streams.get(stream_id)
         if stream is None:
+            live = len(self._streams) + len(self._waiting)
+            if live >= self.ctx.settings.vad.max_live_streams:
+                self.ctx.metrics.chunks.labels("refused").inc()
+                await self._dead_letter_and_ack(
+                    event,
+                    f"stream {stream_id}, chunk {header.seq}: this worker already holds {live} live "
+                    f"streams (vad.max_live_streams); add VAD workers or partitions",
+                )
+                return
             opened = await self._open(header, message.tp)
             if opened is None:
                 self._waiting[stream_id] = [(event, received_at_ms)]
@@ -252,7 +294,10 @@ class VadStage:
             # never raises; resolves False if the dead letter could not be sent (counted, logged)
             stream.deliveries.append(await self.ctx.dead_letters.submit_for(event, reason))
             self.ctx.metrics.chunks.labels("lost").inc()
-            await self._handle(stream_id, stream, stream.state.lost(header.seq, event))
+            result = stream.state.lost(
+                header.seq, event, end_of_stream=header.end_of_stream, epoch=header.epoch
+            )
+            await self._handle(stream_id, stream, result)
             return
         chunk = Chunk(
             seq=header.seq,
@@ -260,9 +305,15 @@ class VadStage:
             sample_rate_hz=header.sample_rate_hz,
             end_of_stream=header.end_of_stream,
             received_at_ms=received_at_ms,
+            epoch=header.epoch,
         )
         result = stream.state.accept(chunk, event)
-        if not (result.dropped_duplicate or result.dropped_late):
+        if not (
+            result.dropped_duplicate
+            or result.dropped_late
+            or result.dropped_stale_epoch
+            or result.rejected_ahead
+        ):
             self._processed.inc()
         await self._handle(stream_id, stream, result)
 
@@ -277,7 +328,7 @@ class VadStage:
                 text = await self.ctx.store.load_checkpoint(header.stream_id)
                 checkpoint = StreamCheckpoint.from_json(text) if text else None
             except StoreUnavailable as error:
-                if header.seq != 0:
+                if header.seq != 0 or header.epoch != 0:
                     log.warning(
                         "%s; the stream waits for Redis (its chunks stay unacknowledged)", error
                     )
@@ -298,30 +349,77 @@ class VadStage:
         return stream
 
     async def _retry_waiting(self) -> None:
-        """Streams whose checkpoint could not be read: try again, then replay their held records in order."""
+        """Streams whose checkpoint could not be read: try again, then replay their held records in
+        order. A stream that fails here is given up alone (its records dead-lettered)."""
         for stream_id in list(self._waiting):
-            pending = self._waiting[stream_id]  # stays listed: the agent keeps appending in order
-            first = pending[0][0]
-            header = AudioChunkHeader.from_kafka(first.message.key, first.message.headers)
-            stream = await self._open(header, first.message.tp)
-            if stream is None:
-                continue
-            log.warning(
-                "stream %s: checkpoint read, replaying %d held chunks", stream_id, len(pending)
-            )
-            while pending:
-                event, received_at_ms = pending.pop(0)
-                await self._feed(
-                    stream,
-                    AudioChunkHeader.from_kafka(event.message.key, event.message.headers),
-                    event,
-                    received_at_ms,
-                )
+            try:
+                await self._retry_one_waiting(stream_id)
+            except Exception as error:  # noqa: BLE001 - one stream's failure must not stop the others
+                log.exception("stream %s: replay after the Redis outage failed", stream_id)
+                await self._give_up(stream_id, f"replay after a Redis outage failed: {error!r}")
+
+    async def _retry_one_waiting(self, stream_id: str) -> None:
+        pending = self._waiting.get(stream_id)
+        if not pending:
             self._waiting.pop(stream_id, None)
+            return
+        first = pending[0][0]  # the list stays listed: the agent keeps appending in order
+        header = AudioChunkHeader.from_kafka(first.message.key, first.message.headers)
+        stream = await self._open(header, first.message.tp)
+        if stream is None:
+            return
+        log.warning("stream %s: checkpoint read, replaying %d held chunks", stream_id, len(pending))
+        while pending:
+            event, received_at_ms = pending[0]
+            await self._feed(
+                stream,
+                AudioChunkHeader.from_kafka(event.message.key, event.message.headers),
+                event,
+                received_at_ms,
+            )
+            pending.pop(0)
+        self._waiting.pop(stream_id, None)
+
+    async def _give_up(self, stream_id: str, reason: str) -> None:
+        """Dead-letter and acknowledge every record a failed stream holds, then forget the stream."""
+        events: list[EventT] = [event for event, _ in self._waiting.pop(stream_id, [])]
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            events += stream.state.release_all()
+        events += self._writer.release(stream_id)
+        seen: set[int] = set()
+        for event in events:
+            if id(event) in seen:
+                continue
+            seen.add(id(event))
+            await self._dead_letter_and_ack(event, f"stream {stream_id}: {reason}")
+        self.ctx.metrics.active_streams.set(len(self._streams))
 
     async def _handle(self, stream_id: str, stream: _Stream, result: StepResult[EventT]) -> None:
         for event in result.ack_now:
             event.ack()
+        for event in result.rejected_ahead:
+            header = AudioChunkHeader.from_kafka(event.message.key, event.message.headers)
+            await self._dead_letter_and_ack(
+                event,
+                f"stream {stream_id}, chunk {header.seq}: seq is "
+                f"{header.seq - stream.state.position.next_seq} chunks ahead of the expected "
+                f"{stream.state.position.next_seq} (epoch {stream.state.position.epoch}); at most "
+                f"{self.params.max_ahead_chunks} (vad.max_ahead_chunks) are accepted. A gateway that "
+                "restarts its sequence numbers must send a higher `epoch` header",
+            )
+        if result.dropped_stale_epoch:
+            self.ctx.metrics.chunks.labels("stale_epoch").inc(result.dropped_stale_epoch)
+        if result.epochs_started:
+            log.warning(
+                "stream %s: epoch %d began (the gateway restarted its sequence numbers)",
+                stream_id,
+                stream.state.position.epoch,
+            )
+        if stream.state.end_of_stream_waiting:
+            stream.end_of_stream_seen_s = stream.end_of_stream_seen_s or time.monotonic()
+        else:
+            stream.end_of_stream_seen_s = None
         if (
             result.dropped_duplicate
             or result.dropped_late
@@ -399,17 +497,32 @@ class VadStage:
         )
         if self._waiting:
             await self._retry_waiting()
-        idle_s = self.ctx.settings.vad.idle_stream_timeout_s
+        vad = self.ctx.settings.vad
         now = time.monotonic()
         for stream_id, stream in list(self._streams.items()):
-            if now - stream.last_active_s >= idle_s:
-                log.info(
-                    "stream %s idle for %.0f s: flushed and evicted",
-                    stream_id,
-                    now - stream.last_active_s,
-                )
-                await self._handle(stream_id, stream, stream.state.evict())
-                self._forget(stream_id)
+            try:
+                if now - stream.last_active_s >= vad.idle_stream_timeout_s:
+                    log.info(
+                        "stream %s idle for %.0f s: flushed and evicted",
+                        stream_id,
+                        now - stream.last_active_s,
+                    )
+                    await self._handle(stream_id, stream, stream.state.evict())
+                    self._forget(stream_id)
+                elif (
+                    stream.end_of_stream_seen_s is not None
+                    and now - stream.end_of_stream_seen_s >= vad.end_of_stream_wait_ms / 1000
+                ):
+                    log.info(
+                        "stream %s: end of stream waited %d ms for %d missing chunks; gaps declared",
+                        stream_id,
+                        vad.end_of_stream_wait_ms,
+                        stream.state.waiting_chunks,
+                    )
+                    await self._handle(stream_id, stream, stream.state.close_gaps())
+            except Exception as error:  # noqa: BLE001 - one stream's failure must not stop the others
+                log.exception("stream %s: eviction failed", stream_id)
+                await self._give_up(stream_id, f"idle eviction failed: {error!r}")
 
     async def _on_revoked(
         self, sender: Any = None, revoked: set[TP] | None = None, **_: Any
