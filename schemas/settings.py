@@ -124,7 +124,13 @@ class InferenceSettings(BaseModel):
 
 class ObservabilitySettings(BaseModel):
     metrics_port: int = Field(0, ge=0, description="Prometheus /metrics and /healthz port; 0 picks a free one")
-    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint listens on")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="address the metrics / health endpoint listens on; 0.0.0.0 inside a container",
+    )
+    liveness_stall_s: float = Field(
+        60.0, gt=0, description="/healthz fails when records wait and none was taken for this long"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

@@ -23,6 +23,7 @@ from faust.types import TopicT
 
 if TYPE_CHECKING:
     from emostream.workers.runtime.dead_letters import DeadLetterSink
+    from emostream.workers.runtime.liveness import Liveness
     from emostream.workers.runtime.metrics import WorkerMetrics
     from emostream.workers.runtime.result_store import ResultStore
 
@@ -160,11 +161,13 @@ class WorkerContext:
     store: "ResultStore"
     metrics: "WorkerMetrics"
     dead_letters: "DeadLetterSink"
+    liveness: "Liveness"  # stages call `liveness.took(tp, offset)` for each record they take
     health: dict[str, object]  # extra /healthz fields a stage keeps up to date
 
 
 def create_worker_context(settings: Settings, *, stage: str) -> WorkerContext:
     from emostream.workers.runtime.dead_letters import DeadLetterSink
+    from emostream.workers.runtime.liveness import Liveness
     from emostream.workers.runtime.metrics import WorkerMetrics
     from emostream.workers.runtime.result_store import ResultStore
 
@@ -178,5 +181,6 @@ def create_worker_context(settings: Settings, *, stage: str) -> WorkerContext:
         store=ResultStore(settings.redis),
         metrics=metrics,
         dead_letters=DeadLetterSink(topics.dead_letters, stage=stage, metrics=metrics),
+        liveness=Liveness(app, stall_after_s=settings.observability.liveness_stall_s),
         health={},
     )

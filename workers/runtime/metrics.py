@@ -1,9 +1,17 @@
-"""Prometheus metrics and the /healthz endpoint of a worker process (one HTTP server per worker).
+"""Prometheus metrics, liveness and readiness of a worker process (one HTTP server per worker).
 
-`GET /metrics`: Prometheus text format. `GET /healthz`: JSON `{"status": "ok" | "degraded", ...}`,
-HTTP 200 while the worker runs (Redis down is "degraded", still 200: results keep flowing), 503
-before it is ready. The server listens on `observability.metrics_host:metrics_port`; port 0 picks a
-free one, logged as `metrics on http://HOST:PORT`.
+- `GET /metrics`: Prometheus text format.
+- `GET /healthz` (liveness): 200 with `{"status": "ok" | "degraded" | "starting", ...}` while the
+  worker does its job (Redis down is "degraded", still 200: results keep flowing); 503 with
+  `"status": "failing"` and `problems` when an agent or stage task stopped, or the consumer took no
+  record for `observability.liveness_stall_s` while records wait (see `workers.runtime.liveness`).
+  Restart the worker when it fails.
+- `GET /readyz` (readiness): 200 once the worker started and its consumer joined the group
+  (partitions assigned, possibly none), 503 before, and while liveness fails.
+
+The server listens on `observability.metrics_host:metrics_port` (default 127.0.0.1: set
+`EMOSTREAM_OBSERVABILITY__METRICS_HOST=0.0.0.0` in a container); port 0 picks a free one, logged
+as `metrics on http://HOST:PORT`.
 """
 
 import json
@@ -98,19 +106,29 @@ class MetricsServer:
     """aiohttp server for /metrics and /healthz; `health` returns extra JSON fields for /healthz."""
 
     def __init__(
-        self, metrics: WorkerMetrics, *, host: str, port: int, health: Callable[[], dict[str, Any]]
+        self,
+        metrics: WorkerMetrics,
+        *,
+        host: str,
+        port: int,
+        health: Callable[[], dict[str, Any]],
+        liveness: Callable[[], list[str]] = list,
+        joined: Callable[[], bool] = lambda: True,
     ) -> None:
         self.metrics = metrics
         self.host = host
         self.port = port
         self.health = health
-        self.ready = False
+        self.liveness = liveness  # problems; empty while live
+        self.joined = joined  # the consumer joined its group
+        self.ready = False  # started
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -119,7 +137,7 @@ class MetricsServer:
         if sockets:
             self.port = sockets[0].getsockname()[1]
         log.warning(
-            "%s worker: metrics on http://%s:%d (/metrics, /healthz)",
+            "%s worker: metrics on http://%s:%d (/metrics, /healthz, /readyz)",
             self.metrics.stage,
             self.host,
             self.port,
@@ -136,12 +154,26 @@ class MetricsServer:
         )
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        """Liveness: fails only when restarting the worker is the remedy."""
         details = {"stage": self.metrics.stage, **self.health()}
+        problems = self.liveness()
+        if problems:
+            return _json(503, {"status": "failing", "problems": problems, **details})
         if not self.ready:
-            return web.Response(
-                status=503,
-                text=json.dumps({"status": "starting", **details}),
-                content_type="application/json",
-            )
+            return _json(200, {"status": "starting", **details})
         status = "ok" if details.get("redis", "up") == "up" else "degraded"
-        return web.json_response({"status": status, **details})
+        return _json(200, {"status": status, **details})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        """Readiness: started, joined the consumer group, and live."""
+        details = {"stage": self.metrics.stage, **self.health()}
+        problems = self.liveness()
+        if problems:
+            return _json(503, {"status": "failing", "problems": problems, **details})
+        if not (self.ready and self.joined()):
+            return _json(503, {"status": "starting", **details})
+        return _json(200, {"status": "ready", **details})
+
+
+def _json(status: int, document: dict[str, Any]) -> web.Response:
+    return web.Response(status=status, text=json.dumps(document), content_type="application/json")

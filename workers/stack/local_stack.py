@@ -110,7 +110,12 @@ class WorkerProcess:
 
     @property
     def health_url(self) -> str:
+        """Liveness (`/healthz`); readiness is `ready_url`."""
         return f"http://{LOOPBACK_HOST}:{self.metrics_port}/healthz"
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://{LOOPBACK_HOST}:{self.metrics_port}/readyz"
 
     @property
     def returncode(self) -> int | None:
@@ -154,9 +159,10 @@ class WorkerProcess:
         return self._process is not None and self._process.poll() is None
 
     def is_healthy(self) -> bool:
+        """Ready: GET /readyz answers 200 (started, joined its group, live)."""
         try:
             with urllib.request.urlopen(
-                self.health_url, timeout=HEALTH_REQUEST_TIMEOUT_S
+                self.ready_url, timeout=HEALTH_REQUEST_TIMEOUT_S
             ) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError, ValueError):
@@ -174,7 +180,7 @@ class WorkerProcess:
         return document if isinstance(document, dict) else {}
 
     def wait_healthy(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> float:
-        """Block until GET /healthz answers 200; return the seconds waited. Raises if it exits or times out."""
+        """Block until GET /readyz answers 200; return the seconds waited. Raises if it exits or times out."""
         began = time.monotonic()
         while time.monotonic() - began < timeout_s:
             if not self.is_running():
@@ -186,7 +192,7 @@ class WorkerProcess:
                 return time.monotonic() - began
             time.sleep(HEALTH_POLL_INTERVAL_S)
         raise ServiceError(
-            f"worker {self.name}: {self.health_url} not answering 200 after {timeout_s:.0f} s; "
+            f"worker {self.name}: {self.ready_url} not answering 200 after {timeout_s:.0f} s; "
             f"log {self.log_path}:\n{self.log_tail()}"
         )
 

@@ -119,6 +119,7 @@ class InferenceStage:
             def capture(value: Any) -> _Received:
                 event = stream.current_event
                 assert event is not None
+                self.ctx.liveness.took(event.message.tp, event.message.offset)
                 return _Received(
                     event, event.message.key, event.message.value, event.message.headers
                 )

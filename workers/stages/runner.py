@@ -51,6 +51,13 @@ def run_worker(stage: str, *, create_topics: bool = True) -> int:
         ensure_topics(settings.kafka, stack_topics(settings))
     ctx = create_worker_context(settings, stage=stage)
     built: Stage = import_target(STAGE_BUILDERS[stage])(ctx)
+    liveness = ctx.liveness
+    joined = {"done": False}
+
+    async def _on_assigned(*_args: Any, **_kwargs: Any) -> None:
+        joined["done"] = True
+
+    ctx.app.on_partitions_assigned.connect(_on_assigned)
     server = MetricsServer(
         ctx.metrics,
         host=settings.observability.metrics_host,
@@ -61,6 +68,8 @@ def run_worker(stage: str, *, create_topics: bool = True) -> int:
             **built.health(),
             **ctx.health,
         },
+        liveness=liveness.problems,
+        joined=lambda: joined["done"],
     )
 
     @ctx.app.task

@@ -205,6 +205,7 @@ class VadStage:
 
         async def vad(stream: StreamT) -> None:
             async for event in stream.noack().events():  # type: ignore[attr-defined]
+                self.ctx.liveness.took(event.message.tp, event.message.offset)
                 await self.on_event(event)
 
         app.agent(self.ctx.topics.audio, name="vad")(vad)

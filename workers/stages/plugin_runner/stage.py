@@ -48,6 +48,7 @@ class PluginStage:
             await dispatcher.start()
             try:
                 async for event in stream.noack().events():
+                    self.ctx.liveness.took(event.message.tp, event.message.offset)
                     await self.on_event(event)
             finally:
                 await asyncio.shield(dispatcher.stop())
