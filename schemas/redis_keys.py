@@ -37,6 +37,11 @@ def delivered_key(prefix: str, stream_id: str) -> str:
     return f"{prefix}:{{{stream_id}}}:delivered"
 
 
+def webhook_replay_key(prefix: str, signature: str) -> str:
+    """A webhook signature a receiver accepted (`SET NX`, TTL = how long it stays acceptable)."""
+    return f"{prefix}:webhook-replay:{signature}"
+
+
 def results_channel(prefix: str) -> str:
     return f"{prefix}:results"
 

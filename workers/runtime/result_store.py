@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
 from emostream.schemas.event import EmotionEvent
+from emostream.schemas.redaction import redact_url
 from emostream.schemas.redis_keys import (
     checkpoint_key,
     events_key,
@@ -105,7 +106,7 @@ class ResultStore:
         if self.available:
             log.warning(
                 "redis %s: %s failed (%s); results go to the topic, cache writes wait",
-                self.settings.url,
+                redact_url(self.settings.url),
                 what,
                 error,
             )
@@ -202,7 +203,7 @@ class ResultStore:
             if not self.available:
                 down_s = time.monotonic() - (self._down_since or time.monotonic())
                 log.warning(
-                    "redis %s is back after %.1f s; cache writes resumed", self.settings.url, down_s
+                    "redis %s is back after %.1f s; cache writes resumed", redact_url(self.settings.url), down_s
                 )
             self.available = True
             self._down_since = None
@@ -216,7 +217,7 @@ class ResultStore:
         except (TimeoutError, RedisError, OSError) as error:
             self._mark_down("checkpoint read", error)
             raise StoreUnavailable(
-                f"stream {stream_id}: checkpoint read from {self.settings.url} failed: {error}"
+                f"stream {stream_id}: checkpoint read from {redact_url(self.settings.url)} failed: {error}"
             ) from None
         return raw.decode() if isinstance(raw, bytes) else raw
 
@@ -239,5 +240,5 @@ class ResultStore:
         except (TimeoutError, RedisError, OSError) as error:
             self._mark_down("checkpoint write", error)
             raise StoreUnavailable(
-                f"checkpoint write of {len(checkpoints)} streams to {self.settings.url} failed: {error}"
+                f"checkpoint write of {len(checkpoints)} streams to {redact_url(self.settings.url)} failed: {error}"
             ) from None

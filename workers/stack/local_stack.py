@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from emostream.schemas.redaction import redact_url
 from emostream.schemas.settings import Settings
 from emostream.workers.stack.services import (
     LOOPBACK_HOST,
@@ -330,7 +331,7 @@ class LocalStack:
         if self.broker is not None and not self.broker.is_running():
             down.append(f"broker (Tansu, {self.broker.bootstrap_servers}) exited; log {self.broker.log_path}")
         if self.redis is not None and not self.redis.is_running():
-            down.append(f"Redis ({self.redis.url}) exited; log {self.redis.log_path}")
+            down.append(f"Redis ({redact_url(self.redis.url)}) exited; log {self.redis.log_path}")
         return down
 
     def supervise(self, *, now_s: float | None = None) -> list[str]:

@@ -184,10 +184,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_services(stack: "LocalStack") -> None:
+    from emostream.schemas.redaction import redact_url
+
     settings = stack.settings
     where = "external" if stack.external else "started"
     print(f"kafka    {settings.kafka.bootstrap_servers} ({where})", flush=True)
-    print(f"redis    {settings.redis.url} ({where})", flush=True)
+    print(f"redis    {redact_url(settings.redis.url)} ({where})", flush=True)
     if stack.broker is not None and stack.redis is not None:
         print(f"pids     broker {stack.broker.pid}, redis {stack.redis.pid}", flush=True)
     topics = settings.topics
@@ -198,7 +200,7 @@ def _print_services(stack: "LocalStack") -> None:
     )
     print(
         f"clients  export EMOSTREAM_KAFKA__BOOTSTRAP_SERVERS={settings.kafka.bootstrap_servers} "
-        f"EMOSTREAM_REDIS__URL={settings.redis.url}",
+        f"EMOSTREAM_REDIS__URL={redact_url(settings.redis.url)}",
         flush=True,
     )
 
