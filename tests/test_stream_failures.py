@@ -309,3 +309,36 @@ def test_a_stream_failing_in_idle_eviction_does_not_stop_the_others(
     (letter,) = _dead_letters(read_topic, settings, "call-poison:customer")
     assert "idle eviction failed" in letter.reason
     assert worker.is_running()
+
+
+@pytest.mark.slow
+def test_a_stream_failing_in_the_replay_after_a_redis_outage_does_not_stop_the_others(
+    make_stack_settings, spawn_worker, read_topic, speech_wav
+):
+    """Two streams first seen while Redis does not answer wait for their checkpoints. When Redis
+    answers, the first one's checkpoint turns out corrupt (rate 0) and its replay fails; it is
+    dead-lettered alone and the second stream is replayed and segmented."""
+    settings = make_stack_settings(redis={"retry_interval_s": 0.5}, topics={"partitions": 1})
+    client = redis.Redis.from_url(settings.redis.url)
+    poisoned = StreamCheckpoint(position=StreamPosition(next_seq=1, anchor_rate_hz=0))
+    client.set(checkpoint_key(settings.redis.key_prefix, "call-poison:customer"), poisoned.to_json())
+    spawn_worker("vad", settings)
+    producer = make_audio_producer(settings)
+    samples = _speech(speech_wav)
+    pieces = chunked(samples, CHUNK_SAMPLES)
+    client.client_pause(8_000, all=True)  # Redis stops answering every client for 8 s
+    # both first seen at seq 1 (not 0): each must wait for its checkpoint
+    _send(producer, settings, "call-poison:customer", 1, pieces[1].astype("<i2").tobytes())
+    producer.flush()
+    send_chunks(
+        producer,
+        topic=settings.topics.audio,
+        stream_id="call-waiting:customer",
+        samples=samples,
+        seqs=list(range(1, len(pieces))),
+    )
+    reference = _reference_times(samples, settings)  # seq 0 is silence: a filled gap changes nothing
+    segments = _segments_of(read_topic, settings, "call-waiting:customer", len(reference), timeout_s=60)
+    assert _times(segments) == reference
+    (letter,) = _dead_letters(read_topic, settings, "call-poison:customer")
+    assert "replay after a Redis outage failed" in letter.reason
