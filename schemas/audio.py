@@ -117,7 +117,8 @@ class AudioChunkHeader(BaseModel):
             raise RecordError(f"stream {fields.get('stream_id')!s}, chunk {fields.get('seq', '?')}: {problems}") from None
 
     def to_kafka_headers(self) -> KafkaHeaders:
-        return text_to_headers(self.model_dump(by_alias=True, exclude={"stream_id"}))
+        omitted = {"stream_id"} | ({"epoch"} if self.epoch == 0 else set())  # epoch 0 is implied
+        return text_to_headers(self.model_dump(by_alias=True, exclude=omitted))
 
     def duration_ms(self, value_size_bytes: int) -> float:
         """Audio duration of a value of this many bytes, in milliseconds."""
