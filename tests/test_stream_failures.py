@@ -10,6 +10,7 @@ ends a stream. Each test runs a real VAD worker process (`python -m emostream.wo
 | a gateway restarting its seq after a reconnect | test_new_epoch_restarts_seq_and_the_rest_of_the_call_is_kept |
 | more live streams than a worker may hold | test_streams_past_the_live_stream_cap_are_dead_lettered |
 | one stream failing in the idle eviction | test_a_stream_failing_in_idle_eviction_does_not_stop_the_others |
+| one stream failing in the replay after a Redis outage | test_a_stream_failing_in_the_replay_after_a_redis_outage_does_not_stop_the_others |
 """
 
 import base64

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from emostream.plugins.analytics import load_call_summary, summary_as_json, summary_as_text
     from emostream.plugins.connections import async_redis_client
+    from emostream.schemas.redaction import redact_url
     from emostream.schemas.settings import Settings
 
     settings = Settings()
@@ -49,14 +50,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = asyncio.run(load())
     except OSError as error:
-        print(f"emostream report: cannot reach Redis at {args.redis_url or settings.redis.url}: {error}", file=sys.stderr)
+        print(f"emostream report: cannot reach Redis at {redact_url(args.redis_url or settings.redis.url)}: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - redis errors (ConnectionError is not an OSError), bad JSON
         print(f"emostream report: reading call {args.call_id!r} failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     if summary is None:
         print(
-            f"emostream report: no call {args.call_id!r} in Redis at {args.redis_url or settings.redis.url} "
+            f"emostream report: no call {args.call_id!r} in Redis at {redact_url(args.redis_url or settings.redis.url)} "
             "(is the analytics plugin configured? calls expire after its retention_s)",
             file=sys.stderr,
         )
