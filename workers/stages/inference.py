@@ -12,7 +12,9 @@ Per micro-batch (`stream.take(batch_max, within=batch_within_s)`):
 Ordering 4 before 5 makes a cached result imply it is already on the topic, so a cache hit needs no
 re-publish. Each result is sent on its own: a send that fails is retried (`RESULT_SEND_ATTEMPTS`),
 then its segment is dead-lettered; the batch's other results go on (and only sent results are
-written to Redis). The batch's offsets are acknowledged when the loop asks for the next batch, i.e. after
+written to Redis). If the dead letter cannot be sent either (the broker is unreachable), the result
+is retried until it is on the topic (backoff up to `RESULT_SEND_RETRY_MAX_S`): the batch's offsets
+are never acknowledged with a result neither published nor dead-lettered. The batch's offsets are acknowledged when the loop asks for the next batch, i.e. after
 4 and 5: a crash before that replays the batch (idempotent: same keys, overwritten).
 """
 
@@ -41,6 +43,7 @@ MIN_SEGMENT_SAMPLES = SEGMENT_SAMPLE_RATE_HZ // 100  # 10 ms: anything shorter i
 DURATION_TOLERANCE_MS = 1.0  # header times vs value length
 RESULT_SEND_ATTEMPTS = 3  # per result, before its segment is dead-lettered
 RESULT_SEND_RETRY_S = 0.2  # wait between attempts (doubles)
+RESULT_SEND_RETRY_MAX_S = 5.0  # longest wait while neither the result nor its dead letter goes out
 
 
 @dataclass(frozen=True)
@@ -217,12 +220,31 @@ class InferenceStage:
             if error is None:
                 sent.append(event)
                 continue
-            await self._dead_letter(
-                segment.received,
+            reason = (
                 f"{segment.where}: result not sent to the emotions topic after {attempt} attempts: "
-                f"{type(error).__name__}: {error}",
+                f"{type(error).__name__}: {error}"
             )
+            if await self._dead_letter(segment.received, reason):
+                continue
+            await self._send_until_sent(event)  # nothing went out: never drop it silently
+            sent.append(event)
         return sent
+
+    async def _send_until_sent(self, event: EmotionEvent) -> None:
+        delay_s = RESULT_SEND_RETRY_S
+        while True:
+            error = await (await self._send_result(event))
+            if error is None:
+                return
+            log.error(
+                "stream %s, segment %d: result and its dead letter not sent (%s); retrying in %.1f s",
+                event.stream_id,
+                event.segment_index,
+                error,
+                delay_s,
+            )
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, RESULT_SEND_RETRY_MAX_S)
 
     async def _send_result(self, event: EmotionEvent) -> Awaitable[BaseException | None]:
         """Queue one result; the awaitable gives None once it is on the topic, or the error."""
@@ -284,8 +306,9 @@ class InferenceStage:
             created_at_ms=created_at_ms,
         )
 
-    async def _dead_letter(self, received: _Received, reason: str) -> None:
-        await (await self.ctx.dead_letters.submit_for(received.event, reason))  # never raises
+    async def _dead_letter(self, received: _Received, reason: str) -> bool:
+        """True once the dead letter is on its topic; False if it could not be sent (never raises)."""
+        return await (await self.ctx.dead_letters.submit_for(received.event, reason))
 
 
 def build(ctx: WorkerContext) -> InferenceStage:
