@@ -2,6 +2,8 @@
 
 A worker is *not live* when
 - an agent (a stage's consumer loop) or a stage task has stopped (crashed or returned), or
+- a stage reported a condition only a restart can clear (`report(problem)`; e.g. the VAD stage when
+  a segment could not be delivered: its chunks can only be replayed from the committed offset), or
 - records wait in its partitions (lag: a partition's high watermark is past the next offset the
   stage took) and the stage has taken none for `observability.liveness_stall_s` seconds. Stages
   report each record they take with `took(tp, offset)`; a record the consumer fetched into faust's
@@ -29,6 +31,7 @@ class Liveness:
         self._taken: dict[Any, int] = {}  # tp -> last offset a stage took
         self._progress_at_s = time.monotonic()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._reported: list[str] = []
 
     def watch(self, tasks: Iterable[asyncio.Task[Any]]) -> None:
         """Stage tasks that must run as long as the worker does."""
@@ -40,8 +43,13 @@ class Liveness:
             self._taken[tp] = offset
         self._progress_at_s = time.monotonic()
 
+    def report(self, problem: str) -> None:
+        """A condition only a restart clears: liveness fails from now on, naming it."""
+        if problem not in self._reported:
+            self._reported.append(problem)
+
     def problems(self) -> list[str]:
-        return self._dead_agents() + self._stalled_consumer()
+        return self._reported + self._dead_agents() + self._stalled_consumer()
 
     def lag_records(self) -> int:
         """Records in the assigned partitions that the consumer has not read yet (0 if unknown)."""

@@ -147,9 +147,14 @@ class CheckpointWriter:
                     await delivery
             except Exception as error:  # noqa: BLE001 - the segment is not on the topic: do not move the resume point
                 log.error(
-                    "stream %s: segment delivery failed (%s); its chunks will be replayed",
+                    "stream %s: segment delivery failed (%s); its chunks stay unacknowledged and "
+                    "are replayed after a restart (liveness now fails)",
                     stream_id,
                     error,
+                )
+                self.ctx.liveness.report(
+                    f"stream {stream_id}: a segment could not be delivered ({type(error).__name__}); "
+                    "restart to replay its chunks from the committed offset"
                 )
                 continue
             job.deliveries.clear()
