@@ -35,13 +35,13 @@ import numpy as np
 import redis
 import soundfile as sf
 from emostream.schemas.audio import AudioEncoding
+from emostream.schemas.redis_keys import results_channel
 from emostream.schemas.segment import SegmentHeader
 from emostream.schemas.settings import Settings
 from emostream.workers.cli.clients.producer import encode_s16
-from emostream.schemas.redis_keys import results_channel
-from emostream.workers.stack.services import RedisServer, TansuBroker
-from emostream.workers.stack.local_stack import WorkerProcess
 from emostream.workers.runtime.topics import ensure_topics, stack_topics
+from emostream.workers.stack.local_stack import WorkerProcess
+from emostream.workers.stack.services import RedisServer, TansuBroker
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH_WAV = REPO / "tests" / "fixtures" / "speech.wav"

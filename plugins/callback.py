@@ -6,7 +6,6 @@ In config: `{"type": "callback", "options": {"target": "my_package.bot:on_emotio
 
 from __future__ import annotations
 
-from emostream.plugins.importing import import_target
 from typing import Any, ClassVar
 
 from emostream.plugins.api import (
@@ -18,6 +17,7 @@ from emostream.plugins.api import (
     as_async_handler,
 )
 from emostream.plugins.decision import DecisionOptions
+from emostream.plugins.importing import import_target
 from emostream.schemas.event import EmotionEvent
 from pydantic import Field
 

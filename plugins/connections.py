@@ -13,7 +13,6 @@ from typing import Any
 from emostream.plugins.api import require
 from emostream.schemas.settings import KafkaSettings, RedisSettings
 
-
 PLUGIN_SOCKET_TIMEOUT_MIN_S = 5.0  # plugins block on reads (pub/sub, XREAD): never below this
 
 

@@ -35,9 +35,9 @@ from emostream.plugins.api import (
     effective_role,
 )
 from emostream.plugins.http import HttpPlugin, HttpPluginOptions
-from emostream.schemas.redaction import redact_text, redact_url
 from emostream.schemas.audio import ChannelRole
 from emostream.schemas.event import EmotionEvent
+from emostream.schemas.redaction import redact_text, redact_url
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 DEFAULT_NEGATIVE_LABELS: tuple[str, ...] = ("angry", "fearful", "sad", "disgust")

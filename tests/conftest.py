@@ -43,10 +43,10 @@ import redis
 from emostream.schemas.settings import Settings
 from emostream.workers import cli
 from emostream.workers.runtime.kafka_config import kafka_python_options
+from emostream.workers.runtime.topics import ensure_topics, stack_topics
+from emostream.workers.stack.local_stack import WorkerProcess
 from emostream.workers.stack.services import RedisServer, TansuBroker
 from emostream.workers.stack.settings_env import is_settings_variable, settings_to_env
-from emostream.workers.stack.local_stack import WorkerProcess
-from emostream.workers.runtime.topics import ensure_topics, stack_topics
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 

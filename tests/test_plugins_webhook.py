@@ -12,7 +12,6 @@ from aiohttp import ClientSession, web
 from emostream.plugins import DeliveryPolicy, deliver_with_retries
 from emostream.plugins.api import PluginContext
 from emostream.plugins.testing import make_event
-from emostream.schemas.settings import Settings
 from emostream.plugins.webhook import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
@@ -24,6 +23,7 @@ from emostream.plugins.webhook import (
     sign_webhook,
     verify_webhook,
 )
+from emostream.schemas.settings import Settings
 
 SECRET = "a-shared-secret-of-32-characters"
 POLICY = DeliveryPolicy(timeout_s=2.0, max_attempts=4, backoff_initial_s=0.05, backoff_max_s=0.2)
@@ -193,7 +193,7 @@ def test_replay_guard_in_redis_is_shared_by_replicas_and_expires_with_the_window
     now_s = int(time.time())
     body = b'{"type":"emotion","delivery_id":"shared"}'
     signature = sign_webhook(SECRET, timestamp_s=now_s, body=body)
-    check = dict(body=body, timestamp_header=str(now_s), signature_header=signature, now_s=now_s)
+    check = {"body": body, "timestamp_header": str(now_s), "signature_header": signature, "now_s": now_s}
     assert verify_webhook(SECRET, replay_guard=replica_a, **check) == now_s
     with pytest.raises(WebhookVerificationError, match="replayed"):
         verify_webhook(SECRET, replay_guard=replica_b, **check)  # another replica sees it too

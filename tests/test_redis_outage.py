@@ -103,8 +103,8 @@ def _event(stream_id: str, index: int, label: str = "neutral") -> EmotionEvent:
 
 async def test_store_layout_is_idempotent_and_survives_an_outage(restartable_redis):
     """Replays overwrite; `latest` and checkpoints never move back; an outage fills the backlog."""
-    from emostream.schemas.settings import RedisSettings
     from emostream.schemas.redis_keys import checkpoint_key, events_key, latest_key
+    from emostream.schemas.settings import RedisSettings
     from emostream.workers.runtime.result_store import ResultStore, StoreUnavailable
 
     settings = RedisSettings(url=restartable_redis.url, retry_interval_s=0.2)

@@ -13,6 +13,7 @@ import pytest
 import redis
 from emostream.schemas.settings import Settings
 from emostream.workers.runtime.kafka_config import kafka_python_options
+from emostream.workers.runtime.topics import TopicError, TopicSpec, ensure_topics, stack_topics
 from emostream.workers.stack.services import (
     RedisServer,
     TansuBroker,
@@ -21,7 +22,6 @@ from emostream.workers.stack.services import (
     port_is_free,
 )
 from emostream.workers.stack.settings_env import child_environment, settings_to_env
-from emostream.workers.runtime.topics import TopicError, TopicSpec, ensure_topics, stack_topics
 from kafka import KafkaAdminClient, KafkaProducer
 
 UP_READY_TIMEOUT_S = 30.0

@@ -12,9 +12,12 @@ after n input samples at rate r the stream holds exactly round(n * 16000 / r) ou
 
 import numpy as np
 import soxr
-from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, SUPPORTED_SAMPLE_RATES_HZ, AudioEncoding
+from emostream.schemas.audio import (
+    PIPELINE_SAMPLE_RATE_HZ,
+    SUPPORTED_SAMPLE_RATES_HZ,
+    AudioEncoding,
+)
 from emostream.schemas.errors import RecordError
-
 
 __all__ = [
     "ALAW_TO_S16",

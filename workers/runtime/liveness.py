@@ -1,7 +1,7 @@
 """Liveness of one worker process: is it doing its job, or should it be restarted?
 
 A worker is *not live* when
-- an agent (a stage's consumer loop) or a stage task has stopped (crashed or returned), or
+- an agent (a stage's consumer loop) has stopped (crashed or returned), or
 - a stage reported a condition only a restart can clear (`report(problem)`; e.g. the VAD stage when
   a segment could not be delivered: its chunks can only be replayed from the committed offset), or
 - records wait in its partitions (lag: a partition's high watermark is past the next offset the
@@ -16,7 +16,6 @@ included), never ListOffsets. Readiness (started, joined its consumer group) is 
 
 import asyncio
 import time
-from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["Liveness"]
@@ -30,12 +29,7 @@ class Liveness:
         self.stall_after_s = stall_after_s
         self._taken: dict[Any, int] = {}  # tp -> last offset a stage took
         self._progress_at_s = time.monotonic()
-        self._tasks: list[asyncio.Task[Any]] = []
         self._reported: list[str] = []
-
-    def watch(self, tasks: Iterable[asyncio.Task[Any]]) -> None:
-        """Stage tasks that must run as long as the worker does."""
-        self._tasks.extend(tasks)
 
     def took(self, tp: Any, offset: int) -> None:
         """A stage took the record at `offset` of `tp` (call once per record, any order)."""
@@ -60,7 +54,7 @@ class Liveness:
         for tp in self._assignment(consumer):
             try:
                 highwater = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - not fetched yet / consumer restarting
+            except Exception:  # noqa: BLE001, S112 - not fetched yet / consumer restarting
                 continue
             if highwater is None:
                 continue
@@ -80,9 +74,6 @@ class Liveness:
                 task = getattr(actor, "actor_task", None)
                 if task is not None and task.done():
                     problems.append(f"agent {name} stopped{_why(task)}")
-        for task in self._tasks:
-            if task.done():
-                problems.append(f"task {task.get_name()} stopped{_why(task)}")
         return problems
 
     def _stalled_consumer(self) -> list[str]:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
+from emostream.plugins.connections import async_redis_client
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redaction import redact_url
 from emostream.schemas.redis_keys import (
@@ -25,7 +26,6 @@ from emostream.schemas.redis_keys import (
     result_key,
     results_channel,
 )
-from emostream.plugins.connections import async_redis_client
 from emostream.schemas.settings import RedisSettings
 from redis.exceptions import RedisError
 

@@ -31,6 +31,8 @@ from typing import Any, Self
 
 from emostream.schemas.redaction import redact_url
 from emostream.schemas.settings import Settings
+from emostream.workers.runtime.stage_names import STAGE_ENTRY_MODULE, StageName, stage_input_topic
+from emostream.workers.runtime.topics import ensure_topics, stack_topics
 from emostream.workers.stack.services import (
     LOOPBACK_HOST,
     RedisServer,
@@ -41,8 +43,6 @@ from emostream.workers.stack.services import (
     stop_process,
 )
 from emostream.workers.stack.settings_env import child_environment
-from emostream.workers.runtime.stage_names import STAGE_ENTRY_MODULE, StageName, stage_input_topic
-from emostream.workers.runtime.topics import ensure_topics, stack_topics
 
 __all__ = [
     "LocalStack",

@@ -360,7 +360,7 @@ class VadStage:
         for stream_id in list(self._waiting):
             try:
                 await self._retry_one_waiting(stream_id)
-            except Exception as error:  # noqa: BLE001 - one stream's failure must not stop the others
+            except Exception as error:
                 log.exception("stream %s: replay after the Redis outage failed", stream_id)
                 await self._give_up(stream_id, f"replay after a Redis outage failed: {error!r}")
 
@@ -526,7 +526,7 @@ class VadStage:
                         stream.state.waiting_chunks,
                     )
                     await self._handle(stream_id, stream, stream.state.close_gaps())
-            except Exception as error:  # noqa: BLE001 - one stream's failure must not stop the others
+            except Exception as error:
                 log.exception("stream %s: eviction failed", stream_id)
                 await self._give_up(stream_id, f"idle eviction failed: {error!r}")
 

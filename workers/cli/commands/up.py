@@ -105,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from emostream.schemas.settings import Settings
-    from emostream.workers.stack.services import ServiceError, port_is_free
-    from emostream.workers.stack.local_stack import LocalStack, StackCounts
     from emostream.workers.runtime.topics import TopicError
+    from emostream.workers.stack.local_stack import LocalStack, StackCounts
+    from emostream.workers.stack.services import ServiceError, port_is_free
 
     for option in ("vad_workers", "inference_workers", "plugin_workers"):
         if getattr(args, option) < 0:
@@ -208,7 +208,11 @@ def _print_services(stack: "LocalStack") -> None:
 def _run_demo(settings: "Settings", recording: Path, *, as_json: bool, stack: "LocalStack") -> int:
     """Send `recording` in real time as one stream and print its results; 0 if any arrived."""
     from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, AudioEncoding, ChannelRole
-    from emostream.workers.cli.clients.producer import load_recording, make_audio_producer, send_recording
+    from emostream.workers.cli.clients.producer import (
+        load_recording,
+        make_audio_producer,
+        send_recording,
+    )
     from emostream.workers.cli.clients.tail import (
         BadResult,
         TailFilter,

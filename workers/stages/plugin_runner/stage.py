@@ -25,8 +25,8 @@ class PluginStage:
     """Registers the plugin-runner agent on a worker's app (`emostream worker plugins`)."""
 
     def __init__(self, ctx: WorkerContext, plugins: Sequence[ConfiguredPlugin] | None = None) -> None:
-        from emostream.plugins.registry import build_plugins
         from emostream.plugins.connections import async_redis_client
+        from emostream.plugins.registry import build_plugins
 
         settings = ctx.settings
         self.ctx = ctx
