@@ -1,5 +1,5 @@
-"""Liveness (`/healthz`) and readiness (`/readyz`) of a real worker, and bounded memory while Redis
-is down: past `vad.max_held_chunks` the VAD agent stops taking records, so records wait, and after
+"""Liveness (`/healthz`) and readiness (`/readyz`) of a real worker: an agent that stopped fails
+liveness while the process lives on; and bounded memory while Redis is down: past `vad.max_held_chunks` the VAD agent stops taking records, so records wait, and after
 `observability.liveness_stall_s` liveness fails; once Redis is back it takes records again and is
 live."""
 
@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 import soundfile as sf
+from emostream.plugins import Plugin, PluginOptions
 from emostream.schemas.settings import Settings
 from emostream.workers.cli.clients.producer import make_audio_producer
 
@@ -89,3 +90,44 @@ def test_liveness_fails_while_records_wait_untaken_and_recovers_with_redis(
 
     segments = wait_for(all_segments, timeout_s=40, what="the held stream's segments")
     assert len(segments) == len(speech_fixture.utterances), "nothing of the call was lost"
+
+
+class FailingStartPlugin(Plugin[PluginOptions]):
+    """A plugin whose start() fails: the plugin runner's agent stops on its first record."""
+
+    kind = "failing-start"
+
+    async def start(self, context) -> None:
+        raise RuntimeError("cannot reach the CRM")
+
+    async def on_emotion(self, event) -> None: ...
+
+
+@pytest.mark.slow
+def test_liveness_fails_when_an_agent_stopped(stack_settings, spawn_worker):
+    config = [{"type": "tests.test_health:FailingStartPlugin", "name": "crm"}]
+    worker = spawn_worker(
+        "plugins",
+        stack_settings,
+        env={"EMOSTREAM_PLUGINS__CONFIG_JSON": json.dumps(config)},
+        wait_healthy=False,
+    )
+    base = f"http://127.0.0.1:{worker.metrics_port}"
+
+    def failing():
+        assert worker.is_running(), "the process stays up: only liveness can tell it is useless"
+        status, document = _get(f"{base}/healthz") if _answers(base) else (0, {})
+        return document if status == 503 else None
+
+    document = wait_for(failing, timeout_s=90, what="/healthz 503")
+    assert document["status"] == "failing"
+    assert any("agent emostream-plugins stopped" in problem for problem in document["problems"])
+    assert _get(f"{base}/readyz")[0] == 503
+
+
+def _answers(base: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{base}/metrics", timeout=2).close()
+        return True
+    except OSError:
+        return False
