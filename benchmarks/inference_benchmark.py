@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from emostream.model.features import utterance_windows
 from emostream.model.registry import load_model
+from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ
 
 UTTERANCE_S = 4.5
-INPUT_RATE_HZ = 16_000  # what the streaming pipeline hands the model
+INPUT_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # what the streaming pipeline hands the model
 
 
 def timings_ms(run: "callable", runs: int) -> dict[str, float]:

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ
 
-SPEECH_SAMPLE_RATE_HZ = 16_000
+SPEECH_SAMPLE_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # the speech fixture's rate
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 UTTERANCES: tuple[int, ...] = (0, 1, 2)  # indices into tests/fixtures/speech.json's utterances
 VOICED_THRESHOLD = 300  # int16 magnitude above which a sample counts as speech (for trimming)
