@@ -32,9 +32,10 @@ import torch
 from emostream.model.features import utterance_windows
 from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.registry import resolve
+from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ
 
 UTTERANCE_S = 4.5
-INPUT_RATE_HZ = 16_000  # what the streaming pipeline hands the model
+INPUT_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # what the streaming pipeline hands the model
 TELEPHONE_RATE_HZ = 8_000
 WARM_UP_RUNS = 10
 

@@ -29,33 +29,22 @@ from emostream.model.checkpoint import save_checkpoint
 from emostream.model.crossval import load_fold_network
 from emostream.model.feature_table import FeatureTable
 from emostream.model.features import resample
+from emostream.model.g711 import mulaw_decode, mulaw_encode
 from emostream.model.plb import count_parameters
 from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.vad import VAD_SAMPLE_RATE_HZ, EndpointerParams
-from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.model_card import FeatureSettings, ModelCard
-from emostream.workers.codecs import decode_to_s16
 
 PAUSE_S = (0.6, 1.5)
 NOISE_BELOW_SPEECH_DB = 40.0
 TRIM_TOP_DB = 40.0  # RAVDESS clips have ~1 s of room tone around the sentence
 
 
-def mulaw_encode(samples_s16: np.ndarray) -> bytes:
-    """G.711 mu-law encoder (the segmented one a telephone network uses)."""
-    bias, clip = 0x84, 32635
-    sign = (samples_s16 < 0).astype(np.int32)
-    magnitude = np.minimum(np.abs(samples_s16.astype(np.int32)), clip) + bias
-    exponent = np.clip(np.floor(np.log2(magnitude)).astype(np.int32) - 7, 0, 7)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~((sign << 7) | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
-
-
 def telephony(audio_16k: np.ndarray) -> np.ndarray:
     """The call as an 8 kHz mu-law gateway would send it, decoded back to float at 8 kHz."""
     narrow = resample(audio_16k, VAD_SAMPLE_RATE_HZ, 8_000)
-    encoded = mulaw_encode(np.clip(np.round(narrow * 32767), -32768, 32767).astype(np.int16))
-    return decode_to_s16(encoded, AudioEncoding.MULAW).astype(np.float32) / 32768.0
+    codes = mulaw_encode(np.clip(np.round(narrow * 32767), -32768, 32767).astype(np.int16))
+    return mulaw_decode(codes).astype(np.float32) / 32768.0
 
 
 def compose_call(clips: list[np.ndarray], labels: list[str], generator: np.random.Generator,

@@ -34,19 +34,19 @@ from pathlib import Path
 import numpy as np
 import redis
 import soundfile as sf
-from emostream.schemas.audio import AudioEncoding
+from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, AudioEncoding
+from emostream.schemas.redis_keys import results_channel
 from emostream.schemas.segment import SegmentHeader
 from emostream.schemas.settings import Settings
-from emostream.workers.producer import encode_s16
-from emostream.workers.result_store import results_channel
-from emostream.workers.services import RedisServer, TansuBroker
-from emostream.workers.stack import WorkerProcess
-from emostream.workers.topics import ensure_topics, stack_topics
+from emostream.workers.cli.clients.producer import encode_s16
+from emostream.workers.runtime.topics import ensure_topics, stack_topics
+from emostream.workers.stack.local_stack import WorkerProcess
+from emostream.workers.stack.services import RedisServer, TansuBroker
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH_WAV = REPO / "tests" / "fixtures" / "speech.wav"
 SPEECH_JSON = REPO / "tests" / "fixtures" / "speech.json"
-SAMPLE_RATE_HZ = 16_000
+SAMPLE_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # the fixture's rate, sent as s16le without resampling
 CLOCK_TICKS_S = os.sysconf("SC_CLK_TCK")
 SEND_GROUPS = 10  # each chunk period is split into this many send bursts
 UTTERANCE_MARGIN_MS = (

@@ -14,33 +14,16 @@ from collections.abc import Callable
 
 import librosa
 import numpy as np
+from emostream.model.g711 import mulaw_decode, mulaw_encode
 
 TELEPHONE_RATE_HZ = 8_000
 CROP_S = (0.5, 3.0)
 TRIM_TOP_DB = 40.0  # what counts as the speech of a clip for `crop`
-_MULAW_BIAS, _MULAW_CLIP = 0x84, 32_635
 
 
 def resample(audio: np.ndarray, from_rate_hz: int, to_rate_hz: int) -> np.ndarray:
     return librosa.resample(audio, orig_sr=from_rate_hz, target_sr=to_rate_hz, res_type="soxr_hq").astype(
         np.float32)
-
-
-def mulaw_encode(samples_s16: np.ndarray) -> np.ndarray:
-    """ITU-T G.711 mu-law encoder: int16 -> uint8 codes (bit-inverted, as on the wire)."""
-    sign = (samples_s16 < 0).astype(np.int32)
-    magnitude = np.minimum(np.abs(samples_s16.astype(np.int32)), _MULAW_CLIP) + _MULAW_BIAS
-    exponent = np.clip(np.floor(np.log2(magnitude)).astype(np.int32) - 7, 0, 7)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~((sign << 7) | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
-
-
-def mulaw_decode(codes: np.ndarray) -> np.ndarray:
-    """ITU-T G.711 mu-law decoder: uint8 codes -> int16."""
-    inverted = ~codes.astype(np.int32) & 0xFF
-    exponent = (inverted >> 4) & 0x07
-    magnitude = ((((inverted & 0x0F) << 3) + _MULAW_BIAS) << exponent) - _MULAW_BIAS
-    return np.where(inverted & 0x80, -magnitude, magnitude).astype(np.int16)
 
 
 def telephony(audio: np.ndarray, sample_rate_hz: int) -> np.ndarray:

@@ -30,17 +30,17 @@ from typing import Any, ClassVar
 
 from emostream.plugins.api import Plugin, PluginContext, PluginOptions, effective_role, require
 from emostream.plugins.connections import aiokafka_producer_options, async_redis_client
+from emostream.schemas.alert import EscalationAlert
 from emostream.schemas.audio import ChannelRole
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import alerts_channel, call_key
+from emostream.schemas.settings import RedisSettings, TopicSettings
 from pydantic import BaseModel, ConfigDict, Field
 
 SEGMENT_FIELD_DIGITS = 8
 
 
-# -- records (JSON in Redis and on the alerts topic) -------------------------------------------
-# TODO(schemas): EscalationAlert is a wire format (alerts topic); it belongs in schemas/ with the
-# other records once the schemas owner takes it.
+# -- records (JSON in Redis; the alerts topic's EscalationAlert is in schemas/alert.py) ----------
 class TimelineSegment(BaseModel):
     """One segment of a call's timeline (compact: no latency, no model details)."""
 
@@ -62,27 +62,6 @@ class TimelineSegment(BaseModel):
     def alert_score(self, alert_labels: Iterable[str]) -> float:
         """The highest score among the alert labels (0 if the model has none of them)."""
         return max((self.scores.get(label, 0.0) for label in alert_labels), default=0.0)
-
-
-class EscalationAlert(BaseModel):
-    """Published to the alerts topic (key: stream id) and kept in Redis."""
-
-    model_config = ConfigDict(frozen=True)
-
-    version: int = 1
-    type: str = "escalation"
-    alert_id: str
-    call_id: str
-    stream_id: str
-    role: ChannelRole
-    first_segment_index: int
-    last_segment_index: int
-    start_ms: float
-    end_ms: float
-    labels: list[str] = Field(description="label of each segment of the run")
-    max_alert_score: float
-    rule: str = Field(description="the rule that fired, in words")
-    raised_at_ms: int
 
 
 class StreamSummary(BaseModel):
@@ -253,8 +232,9 @@ class AnalyticsPlugin(Plugin[AnalyticsOptions]):
         self._redis: Any | None = None
         self._owns_redis = False
         self._producer: Any | None = None
-        self._key_prefix = "emo:v1"
-        self._alerts_topic = "emostream.alerts.v1"
+        # replaced in start() by the settings' values; the defaults come from the settings model
+        self._key_prefix: str = RedisSettings.model_fields["key_prefix"].default
+        self._alerts_topic: str = TopicSettings.model_fields["alerts"].default
 
     async def start(self, context: PluginContext) -> None:
         await super().start(context)

@@ -6,7 +6,6 @@ In config: `{"type": "callback", "options": {"target": "my_package.bot:on_emotio
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, ClassVar
 
 from emostream.plugins.api import (
@@ -18,6 +17,7 @@ from emostream.plugins.api import (
     as_async_handler,
 )
 from emostream.plugins.decision import DecisionOptions
+from emostream.plugins.importing import import_target
 from emostream.schemas.event import EmotionEvent
 from pydantic import Field
 
@@ -63,16 +63,13 @@ class CallbackPlugin(Plugin[CallbackOptions]):
 
 
 def _import_target(path: str, plugin_name: str) -> Any:
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
+    if ":" not in path:
         raise PluginConfigError(
             f"plugin {plugin_name!r}: option 'target' must be `package.module:function`, got {path!r}"
         )
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as error:
+        target: Any = import_target(path)
+    except (ImportError, ValueError) as error:
         raise PluginConfigError(f"plugin {plugin_name!r}: option 'target' {path!r}: {error}") from None
     if not callable(target):
         raise PluginConfigError(f"plugin {plugin_name!r}: option 'target' {path!r} is not callable")

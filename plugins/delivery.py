@@ -1,6 +1,6 @@
 """Delivering one event to one plugin: a timeout per attempt, retries with exponential backoff.
 
-Shared by the plugin runner (`workers/plugin_stage.py`) and in-process use (`subscriber.py`), so a
+Shared by the plugin runner (`workers/stages/plugin_runner`) and in-process use (`subscriber.py`), so a
 plugin behaves the same wherever it runs. A `PluginDeliveryError(retryable=False)` (e.g. a webhook
 receiver answered 4xx) is not retried.
 """
@@ -8,6 +8,7 @@ receiver answered 4xx) is not retried.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,7 +17,12 @@ from typing import Any
 from emostream.plugins.api import Plugin, PluginDeliveryError
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import PluginSettings
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+
+def _setting(name: str) -> Any:
+    """The field of PluginSettings called `name`, with its default, bounds and description."""
+    return copy.deepcopy(PluginSettings.model_fields[name])
 
 
 class DeliveryPolicy(BaseModel):
@@ -24,19 +30,15 @@ class DeliveryPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    timeout_s: float = Field(5.0, gt=0, description="one attempt longer than this fails")
-    max_attempts: int = Field(3, ge=1, description="attempts before the event is given up (dead-lettered)")
-    backoff_initial_s: float = Field(0.2, ge=0, description="wait before the 2nd attempt; doubles each time")
-    backoff_max_s: float = Field(5.0, ge=0, description="longest wait between attempts")
+    # Defaults and meanings are PluginSettings' (the one settings model); a plugin's config may override.
+    timeout_s: float = _setting("timeout_s")
+    max_attempts: int = _setting("max_attempts")
+    backoff_initial_s: float = _setting("backoff_initial_s")
+    backoff_max_s: float = _setting("backoff_max_s")
 
     @classmethod
     def from_settings(cls, settings: PluginSettings, **overrides: Any) -> DeliveryPolicy:
-        values = {
-            "timeout_s": settings.timeout_s,
-            "max_attempts": settings.max_attempts,
-            "backoff_initial_s": settings.backoff_initial_s,
-            "backoff_max_s": settings.backoff_max_s,
-        }
+        values = {name: getattr(settings, name) for name in cls.model_fields}
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
 

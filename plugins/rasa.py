@@ -37,6 +37,7 @@ from emostream.plugins.api import (
 from emostream.plugins.http import HttpPlugin, HttpPluginOptions
 from emostream.schemas.audio import ChannelRole
 from emostream.schemas.event import EmotionEvent
+from emostream.schemas.redaction import redact_text, redact_url
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 DEFAULT_NEGATIVE_LABELS: tuple[str, ...] = ("angry", "fearful", "sad", "disgust")
@@ -130,6 +131,12 @@ class RasaPlugin(HttpPlugin[RasaOptions]):
             raise PluginDeliveryError(f"plugin {self.name!r}: empty conversation id for {event.stream_id!r}", retryable=False)
         return conversation
 
+    def _secrets(self) -> list[str]:
+        """Values that must never appear in an error (they end up in logs and dead letters)."""
+        token = self.options.token.get_secret_value() if self.options.token is not None else ""
+        jwt = getattr(self.options, "jwt", None)
+        return [token, jwt.get_secret_value() if jwt is not None else ""]
+
     async def on_emotion(self, event: EmotionEvent) -> None:
         if self.options.roles is not None and effective_role(event) not in self.options.roles:
             return
@@ -175,8 +182,10 @@ class RasaPlugin(HttpPlugin[RasaOptions]):
                     return
                 status, detail = response.status, (await response.text())[:200]
         except (self._aiohttp.ClientError, TimeoutError) as error:
-            raise PluginDeliveryError(f"rasa {url}: {type(error).__name__}: {error or 'timed out'}") from error
+            raise PluginDeliveryError(
+                f"rasa {redact_url(url)}: {type(error).__name__}: {redact_text(str(error), url, secrets=self._secrets()) or 'timed out'}"
+            ) from error
         raise PluginDeliveryError(
-            f"rasa {url} answered HTTP {status}: {detail}", retryable=status >= 500 or status == 429
+            f"rasa {redact_url(url)} answered HTTP {status}: {redact_text(detail, secrets=self._secrets())}", retryable=status >= 500 or status == 429
         )
 

@@ -27,7 +27,6 @@ plugin (and the option) at fault, before any event is consumed.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from typing import Any
 
 from emostream.plugins.api import Plugin, PluginConfigError
 from emostream.plugins.delivery import DeliveryPolicy
+from emostream.plugins.importing import import_target
 from emostream.schemas.settings import PluginSettings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -105,15 +105,10 @@ def load_plugin_class(type_name: str, *, plugin_name: str | None = None) -> type
             f"{who}: unknown type {type_name!r}; registered types are {known} "
             f"(or give `package.module:Class`)"
         )
-    module_name, _, attribute = path.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except ImportError as error:
+        target: Any = import_target(path)
+    except (ImportError, ValueError) as error:
         raise PluginConfigError(f"{who}: cannot import {path!r}: {error}") from error
-    except AttributeError:
-        raise PluginConfigError(f"{who}: {module_name!r} has no attribute {attribute!r}") from None
     if not (isinstance(target, type) and issubclass(target, Plugin)):
         raise PluginConfigError(f"{who}: {path!r} is not a subclass of emostream.plugins.Plugin")
     return target

@@ -5,7 +5,7 @@ and gets `on_emotion` calls, without running the plugin runner.
         ...  # your bot runs; on_emotion is called per result, in segment order
     # or: subscription = await subscribe(...).start(); ...; await subscription.close()
 
-Sources (the layout is `emostream.workers.result_store`'s, written by the inference stage):
+Sources (the layout is `emostream.schemas.redis_keys`, written by the inference stage):
 - `mode="stream"` (default): the stream's event log `emo:v1:{<stream id>}:events` (XREAD, blocking).
   Ordered, survives reconnects without a gap (it resumes after the last entry id it handled), and
   `from_start=True` replays what the log still holds (capped, `redis.events_max_len`).

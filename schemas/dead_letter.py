@@ -16,7 +16,12 @@ class DeadLetter(BaseModel):
     origin_offset: int
     key: str | None = Field(None, description="record key as text (UTF-8, replacement characters if not)")
     headers: dict[str, str] = Field(default_factory=dict, description="record headers as text")
-    value_b64: str | None = Field(None, description="the original value, base64, for inspection and replay")
+    value_b64: str | None = Field(
+        None,
+        description="the original value (its first bytes when `value_truncated`), base64, for inspection and replay",
+    )
+    value_size_bytes: int | None = Field(None, ge=0, description="size of the original value")
+    value_truncated: bool = Field(False, description="only a prefix of the value was kept (large record)")
     failed_at_ms: int
 
     @staticmethod

@@ -24,7 +24,11 @@ class EmotionEvent(BaseModel):
 
     version: int = Field(EVENT_FORMAT_VERSION, description="wire format version")
     stream_id: StreamId = Field(description="call id + channel, as sent by the gateway")
-    session_id: str | None = Field(None, description="conversation / call id when it differs from the stream id")
+    session_id: StreamId | None = Field(
+        None,
+        description="conversation / call id when it differs from the stream id; becomes a Redis key "
+        "(analytics), so it is validated like the stream id",
+    )
     role: ChannelRole = ChannelRole.UNKNOWN
     segment_index: int = Field(ge=0)
     start_ms: float = Field(ge=0, description="segment start, stream time")

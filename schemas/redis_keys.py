@@ -9,6 +9,8 @@ Lua script can touch them together.
 | `<prefix>:{<stream id>}:latest` | string, TTL | inference stage: the highest segment index written |
 | `<prefix>:{<stream id>}:events` | stream, capped | inference stage: field `event` = EmotionEvent JSON, id `<n+1>-0` |
 | `<prefix>:{<stream id>}:vad` | string, TTL | VAD stage: per-stream resume checkpoint |
+| `<prefix>:{<stream id>}:delivered` | hash, TTL | plugin runner: field `<plugin>/<segment>/<model>@<version>` = delivered at (Unix ms) |
+| `<prefix>:webhook-replay:<signature>` | string, TTL = tolerance | webhook receivers' replay guard (`SET NX`) |
 | channel `<prefix>:results` | pub/sub | inference stage: every result written |
 | `<prefix>:call:{<call id>}:timeline / :alerts / :summary` | hash / hash / string | analytics plugin |
 | channel `<prefix>:alerts` | pub/sub | analytics plugin: each new escalation alert |
@@ -29,6 +31,15 @@ def events_key(prefix: str, stream_id: str) -> str:
 
 def checkpoint_key(prefix: str, stream_id: str) -> str:
     return f"{prefix}:{{{stream_id}}}:vad"
+
+
+def delivered_key(prefix: str, stream_id: str) -> str:
+    return f"{prefix}:{{{stream_id}}}:delivered"
+
+
+def webhook_replay_key(prefix: str, signature: str) -> str:
+    """A webhook signature a receiver accepted (`SET NX`, TTL = how long it stays acceptable)."""
+    return f"{prefix}:webhook-replay:{signature}"
 
 
 def results_channel(prefix: str) -> str:

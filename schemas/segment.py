@@ -2,13 +2,13 @@
 
 from typing import Literal
 
-from emostream.schemas.audio import ChannelRole, StreamId
+from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, ChannelRole, StreamId
 from emostream.schemas.errors import RecordError
 from emostream.schemas.headers import KafkaHeaders, headers_to_text, text_to_headers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SEGMENT_FORMAT_VERSION = 1
-SEGMENT_SAMPLE_RATE_HZ = 16_000  # every segment is resampled to this rate by the VAD stage
+SEGMENT_SAMPLE_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # every segment is resampled to it by the VAD stage
 
 
 class SegmentHeader(BaseModel):

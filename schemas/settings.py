@@ -5,7 +5,7 @@ Every variable starts with `EMOSTREAM_`; nested sections use `__`, e.g.
 Defaults are the local stack's (the embedded default); production changes them by environment only.
 """
 
-from functools import lru_cache
+import ssl
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -26,6 +26,13 @@ class KafkaSettings(BaseModel):
     fetch_max_wait_ms: int = Field(
         20, ge=1, description="longest a fetch waits for records; some brokers (Tansu) always wait it out"
     )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The one TLS context of every Kafka client (faust, aiokafka): CA file, optional client cert."""
+        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        return context
 
 
 class TopicSettings(BaseModel):
@@ -77,6 +84,22 @@ class VadSettings(BaseModel):
     max_gap_ms: int = Field(1_000, ge=0, description="a sequence gap up to this long is filled with silence")
     idle_stream_timeout_s: float = Field(60.0, gt=0, description="streams idle this long are flushed and forgotten")
     max_reorder_chunks: int = Field(50, ge=1, description="out-of-order chunks held while waiting for a gap")
+    max_ahead_chunks: int = Field(
+        3_000,
+        ge=1,
+        description="a chunk whose seq is more than this past the expected one is dead-lettered (60 s of 20 ms chunks)",
+    )
+    end_of_stream_wait_ms: int = Field(
+        2_000, ge=0, description="an end of stream with chunks still missing waits this long for them"
+    )
+    max_live_streams: int = Field(
+        10_000, ge=1, description="streams one VAD worker holds; the chunks of a stream past it are dead-lettered"
+    )
+    max_held_chunks: int = Field(
+        200_000,
+        ge=1,
+        description="chunks held unacknowledged (e.g. while Redis is down) before the worker stops consuming",
+    )
     quiet_boundary_ms: int = Field(
         5_000, ge=0, description="in silence, a resume checkpoint after this much audio (bounds replay after a crash)"
     )
@@ -101,7 +124,13 @@ class InferenceSettings(BaseModel):
 
 class ObservabilitySettings(BaseModel):
     metrics_port: int = Field(0, ge=0, description="Prometheus /metrics and /healthz port; 0 picks a free one")
-    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint listens on")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="address the metrics / health endpoint listens on; 0.0.0.0 inside a container",
+    )
+    liveness_stall_s: float = Field(
+        60.0, gt=0, description="/healthz fails when records wait and none was taken for this long"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -133,8 +162,3 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     worker_id: str = Field("emostream", description="faust app id / consumer group prefix")
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()

@@ -1,44 +1,36 @@
 """Shared helpers of the worker tests: licence-free speech audio and offline reference segmentation.
 
-Speech comes from `espeak-ng` (Debian package; the tests that need it skip with a message when it
-is missing), synthesised once per session into a temporary folder. Nothing is downloaded.
+Speech comes from the committed fixture `tests/fixtures/speech.wav` (synthesised once with
+espeak-ng from our own text, see tests/fixtures/README.md): no test needs espeak-ng installed, and
+nothing is downloaded. `fixture_utterance(i)` cuts utterance i out of it (times in speech.json).
 """
 
 import functools
-import shutil
-import subprocess
-import tempfile
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
+from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ
 
-SPEECH_SAMPLE_RATE_HZ = 16_000
-UTTERANCES = (
-    "I have been waiting on hold for forty minutes and nobody can tell me what happened to my order.",
-    "Thank you so much, that is exactly what I needed.",
-    "Could you please check the balance of my account?",
-)
+SPEECH_SAMPLE_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # the speech fixture's rate
+FIXTURES_DIR = Path(__file__).parent / "fixtures"
+UTTERANCES: tuple[int, ...] = (0, 1, 2)  # indices into tests/fixtures/speech.json's utterances
+VOICED_THRESHOLD = 300  # int16 magnitude above which a sample counts as speech (for trimming)
 
 
 @functools.cache
-def espeak_utterance(text: str, voice: str = "en") -> np.ndarray:
-    """`text` spoken by espeak-ng: int16 samples at 16 kHz (leading / trailing silence trimmed)."""
-    binary = shutil.which("espeak-ng")
-    if binary is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no speech to stream")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "speech.wav"
-        subprocess.run(
-            [binary, "-v", voice, "-w", str(path), text], check=True, capture_output=True
-        )
-        samples, rate_hz = sf.read(path, dtype="int16")
-    resampled = soxr.resample(samples, rate_hz, SPEECH_SAMPLE_RATE_HZ).astype(np.int16)
-    voiced = np.flatnonzero(np.abs(resampled.astype(np.int32)) > 300)
-    return resampled[voiced[0] : voiced[-1] + 1]
+def fixture_utterance(index: int) -> np.ndarray:
+    """Utterance `index` of the speech fixture: int16 samples at 16 kHz, silence around it trimmed."""
+    card = json.loads((FIXTURES_DIR / "speech.json").read_text())
+    samples, rate_hz = sf.read(FIXTURES_DIR / card["file"], dtype="int16")
+    assert rate_hz == SPEECH_SAMPLE_RATE_HZ, "the fixture is 16 kHz"
+    item = card["utterances"][index]
+    piece = samples[item["start_ms"] * rate_hz // 1000 : item["end_ms"] * rate_hz // 1000]
+    voiced = np.flatnonzero(np.abs(piece.astype(np.int32)) > VOICED_THRESHOLD)
+    return piece[voiced[0] : voiced[-1] + 1]
 
 
 @dataclass(frozen=True)
@@ -50,15 +42,15 @@ class SpokenStream:
 
 
 def spoken_stream(
-    texts: tuple[str, ...] = UTTERANCES, *, silence_ms: int = 1_500, lead_ms: int = 700
+    utterances: tuple[int, ...] = UTTERANCES, *, silence_ms: int = 1_500, lead_ms: int = 700
 ) -> SpokenStream:
     """Utterances with `silence_ms` of silence between them and `lead_ms` before the first."""
     rate = SPEECH_SAMPLE_RATE_HZ
     parts = [np.zeros(lead_ms * rate // 1000, dtype=np.int16)]
     utterances_ms: list[tuple[float, float]] = []
     position = len(parts[0])
-    for text in texts:
-        speech = espeak_utterance(text)
+    for index in utterances:
+        speech = fixture_utterance(index)
         utterances_ms.append((1000.0 * position / rate, 1000.0 * (position + len(speech)) / rate))
         parts += [speech, np.zeros(silence_ms * rate // 1000, dtype=np.int16)]
         position += len(speech) + silence_ms * rate // 1000
@@ -72,10 +64,9 @@ def chunked(samples: np.ndarray, chunk_samples: int) -> list[np.ndarray]:
 # -- streaming through the real pipeline ----------------------------------------------------------
 def reference_segments(samples_16k: np.ndarray, settings, *, chunk_ms: int = 20) -> list:
     """What the VAD stage must emit for this audio sent in order: the offline StreamState result."""
-    from emostream.workers.stream_state import Chunk, StreamState
-    from emostream.workers.vad_stage import stream_params
+    from emostream.workers.stages.stream_state import Chunk, StreamParams, StreamState
 
-    state = StreamState("reference", stream_params(settings.vad))
+    state = StreamState("reference", StreamParams.from_settings(settings.vad))
     pieces = chunked(samples_16k, SPEECH_SAMPLE_RATE_HZ * chunk_ms // 1000)
     segments = []
     for seq, piece in enumerate(pieces):
@@ -111,7 +102,7 @@ def send_chunks(
     import time as _time
 
     from emostream.schemas.audio import AudioChunkHeader, AudioEncoding
-    from emostream.workers.producer import encode_s16
+    from emostream.workers.cli.clients.producer import encode_s16
 
     encoding = encoding or AudioEncoding.S16LE
     pieces = chunked(samples, sample_rate_hz * chunk_ms // 1000)

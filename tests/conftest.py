@@ -16,7 +16,7 @@ Per test (isolated from every other test):
 - `read_topic(settings, topic, min_records=1, timeout_s=10, stream_id=None)` -> records, from
   offset 0 of every partition, no consumer group, no end offsets.
 - `spawn_worker(stage, settings=None, env=None, name=None, wait_healthy=True)` -> WorkerProcess
-  running `python -m emostream.workers.cli worker <stage>`; `.kill()` is kill -9. All are stopped
+  running `python -m emostream.workers.stages <stage>`; `.kill()` is kill -9. All are stopped
   after the test, and their log tails are printed (pytest shows them when the test fails).
 - `restartable_broker` / `restartable_redis`: a private TansuBroker / RedisServer for the test;
   `.restart(down_s=...)` keeps the port. In-memory: a restart loses all topics / keys.
@@ -37,15 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import redis
 from emostream.schemas.settings import Settings
 from emostream.workers import cli
-from emostream.workers.kafka_config import kafka_python_options
-from emostream.workers.services import RedisServer, TansuBroker
-from emostream.workers.settings_env import is_settings_variable, settings_to_env
-from emostream.workers.stack import WorkerProcess
-from emostream.workers.topics import ensure_topics, stack_topics
+from emostream.workers.runtime.kafka_config import kafka_python_options
+from emostream.workers.runtime.topics import ensure_topics, stack_topics
+from emostream.workers.stack.local_stack import WorkerProcess
+from emostream.workers.stack.services import RedisServer, TansuBroker
+from emostream.workers.stack.settings_env import is_settings_variable, settings_to_env
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
@@ -53,6 +54,13 @@ FIXTURES_DIR = Path(__file__).parent / "fixtures"
 REDIS_DATABASES = 1024  # one fresh database per test that asks for stack settings
 _redis_db_counter = itertools.count(1)  # database 0 is `redis_url`'s, shared
 _test_counter = itertools.count(1)
+
+
+# Hypothesis: `.ci/run` selects the "ci" profile (derandomized: the same examples on every run, so a
+# failure in CI reproduces locally with HYPOTHESIS_PROFILE=ci); developers get random exploration.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis.settings.register_profile("dev")
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -337,7 +345,7 @@ class EmostreamCli:
     """Runs `emostream <command> ...` as a subprocess (`python -m emostream.workers.cli`)."""
 
     def argv(self, command: str, *args: str) -> list[str]:
-        module = f"emostream.workers.commands.{command}"
+        module = f"emostream.workers.cli.commands.{command}"
         if module in cli.COMMAND_MODULES:
             return [sys.executable, "-m", "emostream.workers.cli", command, *args]
         # Not registered in cli.COMMAND_MODULES yet: run the module alone (test_stack checks registration).

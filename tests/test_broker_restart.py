@@ -10,7 +10,7 @@ import pytest
 import redis
 import soundfile as sf
 from emostream.schemas.redis_keys import result_key
-from emostream.workers.producer import make_audio_producer
+from emostream.workers.cli.clients.producer import make_audio_producer
 
 from tests._workers_helpers import require_model, send_chunks, wait_for
 

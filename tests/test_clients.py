@@ -11,9 +11,9 @@ import soxr
 from emostream.schemas.audio import AudioChunkHeader, AudioEncoding, ChannelRole
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.settings import Settings
-from emostream.workers.codecs import MULAW_TO_S16
-from emostream.workers.kafka_config import kafka_python_options
-from emostream.workers.settings_env import settings_to_env
+from emostream.workers.runtime.codecs import MULAW_TO_S16
+from emostream.workers.runtime.kafka_config import kafka_python_options
+from emostream.workers.stack.settings_env import settings_to_env
 from kafka import KafkaProducer
 
 LABELS = ("neutral", "happy", "angry", "sad")

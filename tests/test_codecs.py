@@ -6,13 +6,22 @@ import numpy as np
 import pytest
 from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.errors import RecordError
-from emostream.workers.codecs import (
+from emostream.workers.runtime.codecs import (
     ALAW_TO_S16,
     MULAW_TO_S16,
-    decode_chunk,
     decode_to_s16,
     output_samples_before,
+    resample_s16,
 )
+from emostream.workers.stages.stream_state import StreamPosition
+
+
+def _decode_in_stream(value: bytes, encoding: AudioEncoding, rate_hz: int, before: int) -> np.ndarray:
+    """How the VAD stage's StreamState turns a chunk into 16 kHz samples at its stream position."""
+    samples = decode_to_s16(value, encoding)
+    start = StreamPosition(anchor_rate_hz=rate_hz).moved_by(before, rate_hz=rate_hz)
+    end = start.moved_by(len(samples), rate_hz=rate_hz)
+    return resample_s16(samples, rate_hz, end.stream_sample - start.stream_sample)
 
 # ITU-T G.711 reference points (the values audioop.ulaw2lin / alaw2lin give)
 MULAW_KNOWN = {0x00: -32124, 0x7F: 0, 0x80: 32124, 0xFF: 0, 0x0F: -16764, 0xF0: 120}
@@ -57,14 +66,8 @@ def test_resampled_tone_keeps_its_pitch_and_stream_time(rate_hz: int) -> None:
     before = 0
     for start in range(0, len(samples), chunk_samples):
         piece = samples[start : start + chunk_samples]
-        chunk = decode_chunk(
-            piece.tobytes(),
-            encoding=AudioEncoding.S16LE,
-            sample_rate_hz=rate_hz,
-            input_samples_before=before,
-        )
-        before += chunk.input_samples
-        decoded.append(np.frombuffer(chunk.pcm_s16le, "<i2"))
+        decoded.append(_decode_in_stream(piece.tobytes(), AudioEncoding.S16LE, rate_hz, before))
+        before += len(piece)
     audio = np.concatenate(decoded).astype(float)
     assert len(audio) == output_samples_before(len(samples), rate_hz) == 16_000
     spectrum = np.abs(np.fft.rfft(audio[1000:-1000] * np.hanning(len(audio) - 2000)))
@@ -75,8 +78,14 @@ def test_resampled_tone_keeps_its_pitch_and_stream_time(rate_hz: int) -> None:
 
 def test_mulaw_chunk_of_8k_becomes_twice_as_many_16k_samples() -> None:
     value = bytes([0xFF, 0x80, 0x00] * 80)  # 240 samples, 30 ms at 8 kHz
-    chunk = decode_chunk(
-        value, encoding=AudioEncoding.MULAW, sample_rate_hz=8_000, input_samples_before=0
-    )
-    assert chunk.input_samples == 240
-    assert chunk.samples == 480
+    assert len(decode_to_s16(value, AudioEncoding.MULAW)) == 240
+    assert len(_decode_in_stream(value, AudioEncoding.MULAW, 8_000, 0)) == 480
+
+
+def test_the_end_pointer_works_at_the_pipeline_rate() -> None:
+    """One rate for the whole pipeline: the model's end-pointer, the segments topic and the decoder."""
+    from emostream.model.vad import VAD_SAMPLE_RATE_HZ
+    from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ
+    from emostream.schemas.segment import SEGMENT_SAMPLE_RATE_HZ
+
+    assert VAD_SAMPLE_RATE_HZ == SEGMENT_SAMPLE_RATE_HZ == PIPELINE_SAMPLE_RATE_HZ

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import result_key
-from emostream.workers.producer import make_audio_producer
+from emostream.workers.cli.clients.producer import make_audio_producer
 
 from tests._workers_helpers import (
     metric_value,
@@ -74,6 +74,16 @@ def _send_interleaved(settings, audio: dict[str, np.ndarray], stop: threading.Ev
     stop.set()
 
 
+def _distinct_segments(read_topic, settings) -> int:
+    records = read_topic(settings, settings.topics.segments, min_records=1, timeout_s=1)
+    return len({(h.stream_id, h.segment_index) for h in segment_headers(records)})
+
+
+def _distinct_results(read_topic, settings) -> int:
+    records = read_topic(settings, settings.topics.emotions, min_records=1, timeout_s=1)
+    return len({EmotionEvent.model_validate_json(r.value).idempotency_key for r in records})
+
+
 @pytest.mark.slow
 def test_kill_9_vad_and_inference_workers_mid_stream(
     make_stack_settings, spawn_worker, read_topic, speech_wav
@@ -108,6 +118,7 @@ def test_kill_9_vad_and_inference_workers_mid_stream(
     )
     time.sleep(0.4)  # ~1.6 s of audio later: the next utterances are open
     vad.kill()
+    segments_before_crash = _distinct_segments(read_topic, settings)
     vad_2 = spawn_worker("vad", settings, name="vad-2")
     # kill -9 the inference worker while results are flowing
     wait_for(
@@ -121,7 +132,8 @@ def test_kill_9_vad_and_inference_workers_mid_stream(
         what="results before the inference crash",
     )
     inference.kill()
-    spawn_worker("inference", settings, name="inference-2")
+    results_before_crash = _distinct_results(read_topic, settings)
+    inference_2 = spawn_worker("inference", settings, name="inference-2")
     sender.join(timeout=60)
     assert done.is_set()
 
@@ -151,6 +163,10 @@ def test_kill_9_vad_and_inference_workers_mid_stream(
 
     # vad-2 really resumed mid-stream: it re-read chunks that lie before the stored checkpoints
     assert metric_value(vad_2, "emostream_chunks_total", outcome="late") > 0
+    # ...and it did the remaining work: every segment not on the topic when vad-1 died came from it
+    remaining_segments = total - segments_before_crash
+    assert remaining_segments > 0, "the VAD crash came too late to test anything"
+    assert metric_value(vad_2, "emostream_segments_total") >= remaining_segments
 
     # results: Redis holds exactly one result per reference segment, nothing extra
     import redis
@@ -179,6 +195,10 @@ def test_kill_9_vad_and_inference_workers_mid_stream(
         EmotionEvent.model_validate_json(r.value)
         for r in read_topic(settings, settings.topics.emotions, min_records=total, timeout_s=10)
     ]
+    # inference-2 did the remaining work: it inferred every result not on the topic at the crash
+    remaining_results = total - results_before_crash
+    assert remaining_results > 0, "the inference crash came too late to test anything"
+    assert metric_value(inference_2, "emostream_results_total", outcome="inferred") >= remaining_results
     assert {e.idempotency_key for e in emotions} == {
         f"{s}/{seg.index}/{emotions[0].model_name}@{emotions[0].model_version}"
         for s in stream_ids

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 from emostream.schemas.audio import SUPPORTED_SAMPLE_RATES_HZ
 from emostream.schemas.dead_letter import DeadLetter
-from emostream.workers.producer import make_audio_producer
+from emostream.workers.cli.clients.producer import make_audio_producer
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -191,7 +191,7 @@ def malformed_segment_record(draw) -> tuple[list[tuple[str, bytes]], bytes]:
 def test_malformed_segments_go_to_dead_letters_and_inference_continues(
     stack_settings, spawn_worker, read_topic
 ):
-    from emostream.workers.kafka_config import kafka_python_options
+    from emostream.workers.runtime.kafka_config import kafka_python_options
     from kafka import KafkaProducer
 
     settings = stack_settings

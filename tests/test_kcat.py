@@ -25,8 +25,8 @@ import pytest
 import soundfile
 from emostream.schemas.audio import AudioChunkHeader, AudioEncoding, ChannelRole
 from emostream.schemas.settings import Settings
-from emostream.workers.services import TansuBroker, find_free_port
-from emostream.workers.settings_env import settings_to_env
+from emostream.workers.stack.services import TansuBroker, find_free_port
+from emostream.workers.stack.settings_env import settings_to_env
 
 KCAT = shutil.which("kcat") or shutil.which("kafkacat")
 pytestmark = pytest.mark.skipif(

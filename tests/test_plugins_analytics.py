@@ -24,8 +24,8 @@ from emostream.plugins.testing import make_event, make_scores
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import call_key
 from emostream.schemas.settings import Settings
-from emostream.workers.producer import make_audio_producer
-from emostream.workers.settings_env import settings_to_env
+from emostream.workers.cli.clients.producer import make_audio_producer
+from emostream.workers.stack.settings_env import settings_to_env
 
 from tests._workers_helpers import send_chunks, wait_for
 

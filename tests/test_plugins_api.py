@@ -235,8 +235,9 @@ async def test_retries_with_backoff_then_success() -> None:
     outcome = await deliver_with_retries(plugin, make_event(STREAM, 0, "calm"), policy)
     assert outcome.ok and outcome.attempts == 3
     gaps = [b - a for a, b in zip(plugin.attempt_times_s, plugin.attempt_times_s[1:])]
-    assert 0.09 <= gaps[0] < 0.3  # backoff 0.1 s
-    assert 0.39 <= gaps[1] < 0.7  # timeout 0.2 s + backoff 0.2 s
+    # lower bounds only (a loaded machine makes every wait longer, never shorter)
+    assert gaps[0] >= 0.09  # backoff 0.1 s
+    assert gaps[1] >= 0.39  # timeout 0.2 s + backoff 0.2 s (doubled)
 
 
 async def test_gives_up_naming_plugin_and_event_and_skips_retry_when_not_retryable() -> None:

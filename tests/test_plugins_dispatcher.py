@@ -18,7 +18,7 @@ from emostream.plugins.registry import ConfiguredPlugin
 from emostream.plugins.testing import make_event
 from emostream.schemas.dead_letter import DeadLetter
 from emostream.schemas.settings import PluginSettings, Settings
-from emostream.workers.plugin_stage import PluginDispatcher, RecordRef
+from emostream.workers.stages.plugin_runner import PluginDispatcher, RecordRef
 
 POLICY = DeliveryPolicy(timeout_s=1.0, max_attempts=2, backoff_initial_s=0.01)
 

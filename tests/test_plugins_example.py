@@ -9,8 +9,8 @@ from pathlib import Path
 
 from emostream.plugins.testing import make_event
 from emostream.schemas.settings import Settings
-from emostream.workers.result_store import ResultStore
-from emostream.workers.settings_env import ENV_PREFIX, settings_to_env
+from emostream.workers.runtime.result_store import ResultStore
+from emostream.workers.stack.settings_env import ENV_PREFIX, settings_to_env
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "chatbot.py"
 

@@ -6,7 +6,7 @@ import asyncio
 from emostream.plugins import CallbackPlugin, DecisionOptions, EmotionEvent, subscribe
 from emostream.plugins.testing import make_event
 from emostream.schemas.settings import Settings
-from emostream.workers.result_store import ResultStore
+from emostream.workers.runtime.result_store import ResultStore
 
 STREAM = "bot-1:user"
 

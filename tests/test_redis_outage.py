@@ -9,7 +9,7 @@ import redis
 import soundfile as sf
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import result_key
-from emostream.workers.producer import make_audio_producer
+from emostream.workers.cli.clients.producer import make_audio_producer
 
 from tests._workers_helpers import require_model, send_chunks, wait_for
 
@@ -103,14 +103,9 @@ def _event(stream_id: str, index: int, label: str = "neutral") -> EmotionEvent:
 
 async def test_store_layout_is_idempotent_and_survives_an_outage(restartable_redis):
     """Replays overwrite; `latest` and checkpoints never move back; an outage fills the backlog."""
+    from emostream.schemas.redis_keys import checkpoint_key, events_key, latest_key
     from emostream.schemas.settings import RedisSettings
-    from emostream.workers.result_store import (
-        ResultStore,
-        StoreUnavailable,
-        checkpoint_key,
-        events_key,
-        latest_key,
-    )
+    from emostream.workers.runtime.result_store import ResultStore, StoreUnavailable
 
     settings = RedisSettings(url=restartable_redis.url, retry_interval_s=0.2)
     store = ResultStore(settings)
@@ -127,12 +122,23 @@ async def test_store_layout_is_idempotent_and_survives_an_outage(restartable_red
         ] == [1]
 
         await store.save_checkpoints(
-            {"s:1": ('{"position":{"next_seq":9},"boundary":{"sample":5}}', 9, 5)}
+            {"s:1": ('{"position":{"next_seq":9},"boundary":{"sample":5}}', 9, 5, 0)}
         )
         await store.save_checkpoints(
-            {"s:1": ('{"position":{"next_seq":4},"boundary":{"sample":1}}', 4, 1)}
+            {"s:1": ('{"position":{"next_seq":4},"boundary":{"sample":1}}', 4, 1, 0)}
         )
         assert json.loads(client.get(checkpoint_key(prefix, "s:1")))["position"]["next_seq"] == 9
+        # a new epoch (the gateway reconnected and restarted seq at 0) moves the checkpoint forward
+        await store.save_checkpoints(
+            {"s:1": ('{"position":{"next_seq":0,"epoch":1},"boundary":{"sample":7}}', 0, 7, 1)}
+        )
+        await store.save_checkpoints(
+            {"s:1": ('{"position":{"next_seq":12,"epoch":0},"boundary":{"sample":8}}', 12, 8, 0)}
+        )
+        assert json.loads(client.get(checkpoint_key(prefix, "s:1")))["position"] == {
+            "next_seq": 0,
+            "epoch": 1,
+        }
 
         restartable_redis.stop()
         assert not await store.write_results([_event("s:2", 0)])

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 from emostream.model.vad import EndpointerParams
-from emostream.workers.stream_state import (
+from emostream.workers.stages.stream_state import (
     Chunk,
     StreamCheckpoint,
     StreamParams,
@@ -173,3 +173,58 @@ def test_idle_eviction_flushes_open_speech_and_releases_everything(speech) -> No
     # the stream comes back later: it continues from the checkpoint with the next index
     resumed, _, _ = run(chunks[middle:], StreamState("s", PARAMS, result.checkpoint))
     assert resumed[0].index == 1
+
+
+def test_new_epoch_resumes_from_its_checkpoint_and_old_epoch_chunks_are_stale(speech) -> None:
+    """A reconnect (epoch 1, seq from 0 again) mid-stream; a crash after it resumes in epoch 1."""
+    chunks = as_chunks(speech.samples)
+    split = len(chunks) // 2
+    second = [
+        Chunk(seq=c.seq - split, samples=c.samples, sample_rate_hz=c.sample_rate_hz,
+              end_of_stream=c.end_of_stream, epoch=1)
+        for c in chunks[split:]
+    ]
+    state: StreamState = StreamState("s", PARAMS)
+    run(chunks[:split], state)
+    epoch_results = [state.accept(c, token=("e1", c.seq)) for c in second]
+    assert sum(r.epochs_started for r in epoch_results) == 1
+    assert state.finished and state.position.epoch == 1
+    begun = next(r for r in epoch_results if r.epochs_started)
+    assert begun.checkpoint is not None and begun.checkpoint.position.epoch == 1
+    # a straggler of epoch 0 is stale, acknowledged at once
+    stale = state.accept(chunks[split + 3], token="late")
+    assert stale.dropped_stale_epoch == 1 and stale.ack_now == ["late"]
+    # resume from the new epoch's checkpoint: the replayed epoch-0 chunks are stale, epoch 1 goes on
+    resumed: StreamState = StreamState("s", PARAMS, StreamCheckpoint.from_json(begun.checkpoint.to_json()))
+    replay = [resumed.accept(c, token=c.seq) for c in chunks[split - 5 : split]]
+    assert all(r.dropped_stale_epoch == 1 for r in replay)
+    tail = [s for c in second for s in resumed.accept(c, token=("r", c.seq)).segments]
+    original_tail = [s for r in epoch_results for s in r.segments if s.index >= begun.checkpoint.next_segment_index]
+    assert summary(tail) == summary(original_tail)
+
+
+def test_seq_far_ahead_is_rejected_not_buffered(speech) -> None:
+    chunks = as_chunks(speech.samples)
+    state: StreamState = StreamState("s", StreamParams(max_ahead_chunks=100))
+    run(chunks[:10], state)
+    far = Chunk(seq=10 + 101, samples=chunks[10].samples, sample_rate_hz=16_000)
+    result = state.accept(far, token="far")
+    assert result.rejected_ahead == ["far"] and state.waiting_chunks == 0
+    near = Chunk(seq=10 + 100, samples=chunks[10].samples, sample_rate_hz=16_000)
+    assert state.accept(near, token="near").rejected_ahead == [] and state.waiting_chunks == 1
+
+
+def test_early_end_of_stream_waits_until_close_gaps_and_a_lost_end_still_ends(speech) -> None:
+    chunks = as_chunks(speech.samples)
+    state: StreamState = StreamState("s", PARAMS)
+    run(chunks[:-3], state)
+    state.accept(chunks[-1], token="eos")  # the end of stream, two chunks before it missing
+    assert state.end_of_stream_waiting and not state.finished
+    state.accept(chunks[-3], token="late-but-kept")  # arrives after the end: still used
+    assert state.end_of_stream_waiting
+    result = state.close_gaps()  # the worker gave up waiting for the last missing chunk
+    assert state.finished and result.gaps_filled == 1
+    lost_end: StreamState = StreamState("s", PARAMS)
+    run(chunks[:-1], lost_end)
+    lost_end.lost(chunks[-1].seq, token="garbled", end_of_stream=True)
+    assert lost_end.finished

@@ -10,10 +10,11 @@ import torch
 from _model_helpers import FIXTURES, SPEECH_WAV
 from emostream.model.datasets import LabelledClip
 from emostream.model.feature_cache import extract_features
+from emostream.model.g711 import mulaw_decode, mulaw_encode
 from emostream.model.plb import PLBConfig
 from emostream.model.recipes import TrainingRecipe
 from emostream.model.training import train_plb
-from emostream.model.waveform_augment import VARIANTS, mulaw_decode, mulaw_encode, variant
+from emostream.model.waveform_augment import VARIANTS, variant
 from emostream.schemas.model_card import FeatureSettings
 
 

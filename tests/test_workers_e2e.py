@@ -13,7 +13,7 @@ import soxr
 from emostream.schemas.audio import AudioEncoding
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import events_key, latest_key, result_key, results_channel
-from emostream.workers.producer import make_audio_producer
+from emostream.workers.cli.clients.producer import make_audio_producer
 
 from tests._workers_helpers import (
     metric_value,
