@@ -10,8 +10,8 @@ Per micro-batch (`stream.take(batch_max, within=batch_within_s)`):
 5. then write Redis (result, latest, event log, pub/sub notice), which never blocks on an outage.
 
 Ordering 4 before 5 makes a cached result imply it is already on the topic, so a cache hit needs no
-re-publish. The batch's offsets are acknowledged when the loop asks for the next batch, i.e. after
-4 and 5: a crash before that replays the batch (idempotent: same keys, overwritten).
+re-publish. The batch's offsets are acknowledged after 4 and 5 (`noack_take`, explicit acks): a crash
+or a SIGTERM before that replays the batch (idempotent: same keys, overwritten).
 """
 
 import asyncio
@@ -94,16 +94,21 @@ class InferenceStage:
         settings = self.ctx.settings.inference
 
         async def inference(stream: StreamT) -> None:
-            def capture(value: Any) -> _Received:
-                event = stream.current_event
-                assert event is not None
-                return _Received(
-                    event, event.message.key, event.message.value, event.message.headers
+            # noack_take + explicit acks after the batch: take() acknowledges a batch in a `finally`,
+            # so an agent stopped mid-batch (SIGTERM: a rolling update, a scale-down) committed
+            # segments that were never inferred. Now they stay unacknowledged and are replayed.
+            async for events in stream.noack_take(
+                settings.batch_max, within=settings.batch_within_s
+            ):
+                messages = [event.message for event in events]
+                await self.process_batch(
+                    [
+                        _Received(event, m.key, m.value, m.headers)
+                        for event, m in zip(events, messages)
+                    ]
                 )
-
-            stream.add_processor(capture)
-            async for batch in stream.take(settings.batch_max, within=settings.batch_within_s):
-                await self.process_batch(batch)
+                for event in events:
+                    await stream.ack(event)
 
         self.ctx.app.agent(self.ctx.topics.segments, name="inference")(inference)
 
