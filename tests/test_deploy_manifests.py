@@ -21,6 +21,7 @@ from emostream.schemas.settings import Settings
 
 from tests._deploy_helpers import (
     KUBERNETES_VERSION,
+    RUNBOOK as RUNBOOK_PATH,
     METRICS_PORT,
     OVERLAYS,
     STAGES,
@@ -341,3 +342,42 @@ def test_settings_reach_workers_only_through_the_configmap_and_secrets(overlay):
             if variable["name"].startswith("EMOSTREAM_") and "value" in variable:
                 # plain values belong in the ConfigMap, except a file path the Deployment mounts
                 assert variable["value"].startswith("/etc/emostream/"), variable["name"]
+
+
+# -- alerts ------------------------------------------------------------------------------------
+def _exported_metric_names() -> set[str]:
+    """Every sample name a worker exports (WorkerMetrics, wherever workers/ keeps it)."""
+    import importlib
+    import pkgutil
+
+    import emostream.workers
+
+    for module_info in pkgutil.walk_packages(emostream.workers.__path__, "emostream.workers."):
+        module = importlib.import_module(module_info.name)
+        if hasattr(module, "WorkerMetrics"):
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+            return {
+                family.name + suffix
+                for family in module.WorkerMetrics("vad").registry.collect()
+                for suffix in suffixes.get(family.type, ("",))
+            }
+    raise AssertionError("no WorkerMetrics in emostream.workers")
+
+
+def test_alert_rules_use_only_metrics_the_workers_export(overlay):
+    docs = render(overlay)
+    exported = _exported_metric_names()
+    rules = [
+        rule
+        for doc in by_kind(docs, "PrometheusRule").values()
+        for group in doc["spec"]["groups"]
+        for rule in group["rules"]
+    ]
+    assert rules
+    for rule in rules:
+        for name in re.findall(r"\b(emostream_[a-z_]+)", str(rule["expr"])):
+            assert name in exported, f"{rule['alert']}: {name} is not a worker metric"
+        assert rule["annotations"]["runbook"].startswith("deploy/README.md#")
+        anchor = rule["annotations"]["runbook"].split("#", 1)[1]
+        headings = re.findall(r"^## (.+)$", (RUNBOOK_PATH.read_text()), re.M)
+        assert anchor in {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}, anchor
