@@ -20,7 +20,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 OVERLAYS_DIR = DEPLOY / "k8s" / "overlays"
-OVERLAYS = sorted(path.name for path in OVERLAYS_DIR.iterdir() if (path / "kustomization.yaml").exists())
+OVERLAYS = sorted(
+    path.name for path in OVERLAYS_DIR.iterdir() if (path / "kustomization.yaml").exists()
+)
 CRD_SCHEMAS_DIR = DEPLOY / "schemas"
 RUNBOOK = DEPLOY / "README.md"
 # The Kubernetes version whose (strict) schemas the rendered built-in resources must satisfy.
@@ -43,7 +45,11 @@ INSTALL_HINT = (
 def _kustomize_prefix() -> tuple[str, ...]:
     if kubectl := shutil.which("kubectl"):
         result = subprocess.run(
-            [kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30
+            [kubectl, "version", "--client", "-o", "json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
         )
         try:
             embedded = json.loads(result.stdout).get("kustomizeVersion", "")
@@ -109,7 +115,7 @@ def pod_templates(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
 def worker_deployments(docs: list[Doc]) -> dict[str, Doc]:
     """stage -> the Deployment running `emostream worker <stage>`."""
     found = {}
-    for name, doc in by_kind(docs, "Deployment").items():
+    for doc in by_kind(docs, "Deployment").values():
         stage = doc["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component")
         if stage in STAGES:
             found[stage] = doc
@@ -119,7 +125,11 @@ def worker_deployments(docs: list[Doc]) -> dict[str, Doc]:
 
 def settings_env(docs: list[Doc]) -> dict[str, str]:
     """The EMOSTREAM_* variables of the settings ConfigMap every worker reads."""
-    maps = [doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("emostream-settings")]
+    maps = [
+        doc
+        for doc in docs
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("emostream-settings")
+    ]
     assert len(maps) == 1, "one settings ConfigMap"
     return dict(maps[0]["data"])
 
@@ -131,10 +141,10 @@ def external_secrets() -> dict[str, set[str]]:
     | `secret-name` | `key1`, `key2` | ... |
     """
     text = RUNBOOK.read_text()
-    section = re.search(r"^## Secrets\n(.*?)(?=^## )", text, re.S | re.M)
+    section = re.search(r"^## Secrets\n(.*?)(?=^## )", text, re.DOTALL | re.MULTILINE)
     assert section, "deploy/README.md has a '## Secrets' section"
     secrets: dict[str, set[str]] = {}
-    for row in re.finditer(r"^\| `([a-z0-9.-]+)` \| ([^|]+) \|", section.group(1), re.M):
+    for row in re.finditer(r"^\| `([a-z0-9.-]+)` \| ([^|]+) \|", section.group(1), re.MULTILINE):
         secrets[row.group(1)] = set(re.findall(r"`([^`]+)`", row.group(2)))
     assert secrets, "the Secrets table lists at least one Secret"
     return secrets

@@ -21,7 +21,6 @@ from emostream.schemas.settings import Settings
 
 from tests._deploy_helpers import (
     KUBERNETES_VERSION,
-    RUNBOOK as RUNBOOK_PATH,
     METRICS_PORT,
     OVERLAYS,
     STAGES,
@@ -35,10 +34,13 @@ from tests._deploy_helpers import (
     settings_env,
     worker_deployments,
 )
+from tests._deploy_helpers import (
+    RUNBOOK as RUNBOOK_PATH,
+)
 
 # stage -> the settings field of its input topic (the topic whose consumer-group lag it scales on)
 INPUT_TOPIC = {"vad": "audio", "inference": "segments", "plugins": "emotions"}
-SECRET_NAME_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|PRIVATE", re.I)
+SECRET_NAME_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|PRIVATE", re.IGNORECASE)
 # EMOSTREAM_* variables read outside schemas/settings.py, each with who reads it
 OUTSIDE_SETTINGS = {"EMOSTREAM_MODEL_PATH": "model/registry.py: extra checkpoint folders"}
 
@@ -48,7 +50,9 @@ pytestmark = pytest.mark.parametrize("overlay", OVERLAYS)
 def _settings(docs: list[dict[str, Any]]) -> Settings:
     """The settings a worker of this overlay builds from its ConfigMap (Settings() reads the env)."""
     env = settings_env(docs)
-    saved = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("EMOSTREAM_")}
+    saved = {
+        name: os.environ.pop(name) for name in list(os.environ) if name.startswith("EMOSTREAM_")
+    }
     try:
         os.environ.update(env)
         return Settings()
@@ -76,10 +80,18 @@ def test_overlay_renders_and_validates_against_pinned_schemas(overlay):
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
-            pytest.fail(f"{where}: no schema for {doc['apiVersion']} {doc['kind']} (add one to deploy/schemas)")
+            pytest.fail(
+                f"{where}: no schema for {doc['apiVersion']} {doc['kind']} (add one to deploy/schemas)"
+            )
         except kubernetes_validate.ValidationError as error:
             pytest.fail(f"{where}: {error.message} at {'/'.join(map(str, error.path))}")
-    assert {"Deployment", "ConfigMap", "ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert {
+        "Deployment",
+        "ConfigMap",
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    } <= kinds
     assert {"KafkaTopic"} <= kinds
 
 
@@ -135,7 +147,9 @@ def test_workers_probe_the_health_endpoints_and_run_the_stage_entry_point(overla
     docs = render(overlay)
     env = settings_env(docs)
     assert int(env["EMOSTREAM_OBSERVABILITY__METRICS_PORT"]) == METRICS_PORT
-    assert env["EMOSTREAM_OBSERVABILITY__METRICS_HOST"] == "0.0.0.0"  # the pod network, not loopback
+    assert (
+        env["EMOSTREAM_OBSERVABILITY__METRICS_HOST"] == "0.0.0.0"
+    )  # the pod network, not loopback
     help_text = emostream_cli.run("worker", "--help").stdout
     for stage, deployment in worker_deployments(docs).items():
         pod = deployment["spec"]["template"]["spec"]
@@ -160,7 +174,7 @@ def test_no_secret_value_is_rendered(overlay):
     docs = render(overlay)
     for secret in by_kind(docs, "Secret").values():
         assert not secret.get("data") and not secret.get("stringData"), secret["metadata"]["name"]
-    for name, value in settings_env(docs).items():
+    for name in settings_env(docs):
         assert not SECRET_NAME_WORDS.search(name), f"{name} is a secret: reference it from a Secret"
     for workload, pod in pod_templates(docs):
         for container in [*pod.get("initContainers", []), *pod["containers"]]:
@@ -206,7 +220,9 @@ def test_every_secret_reference_resolves_to_a_rendered_or_documented_secret(over
         assert keys is not None, (
             f"{overlay}: {where} references Secret {name!r}: neither rendered nor in deploy/README.md's Secrets table"
         )
-        assert key is None or key in keys, f"{overlay}: {where}: Secret {name!r} has no key {key!r} documented"
+        assert key is None or key in keys, (
+            f"{overlay}: {where}: Secret {name!r} has no key {key!r} documented"
+        )
 
 
 def test_every_object_reference_resolves(overlay):
@@ -224,7 +240,9 @@ def test_every_object_reference_resolves(overlay):
                     assert source["configMapRef"]["name"] in config_maps, where
             mounted = {mount["name"] for mount in container.get("volumeMounts", [])}
             claims = workload["spec"].get("volumeClaimTemplates", [])
-            volumes = {v["name"] for v in pod.get("volumes", [])} | {c["metadata"]["name"] for c in claims}
+            volumes = {v["name"] for v in pod.get("volumes", [])} | {
+                c["metadata"]["name"] for c in claims
+            }
             assert mounted <= volumes, where
     auths = by_kind(docs, "TriggerAuthentication")
     for scaled in by_kind(docs, "ScaledObject").values():
@@ -234,13 +252,16 @@ def test_every_object_reference_resolves(overlay):
     for hpa in by_kind(docs, "HorizontalPodAutoscaler").values():
         assert hpa["spec"]["scaleTargetRef"]["name"] in deployments
     # selectors (PDBs, Services, NetworkPolicies) select the pods they are meant for
-    pods = [workload["spec"]["template"]["metadata"]["labels"] for workload, _ in pod_templates(docs)]
+    pods = [
+        workload["spec"]["template"]["metadata"]["labels"] for workload, _ in pod_templates(docs)
+    ]
 
     def selected(selector):
         labels = selector.get("matchLabels", {})
         expressions = selector.get("matchExpressions", [])
         return [
-            pod for pod in pods
+            pod
+            for pod in pods
             if all(pod.get(k) == v for k, v in labels.items())
             and all(pod.get(e["key"]) in e["values"] for e in expressions if e["operator"] == "In")
         ]
@@ -254,12 +275,15 @@ def test_every_object_reference_resolves(overlay):
     assert {pod["app.kubernetes.io/component"] for pod in scraped} == set(STAGES)
     monitor = one(docs, "ServiceMonitor")
     service_labels = metrics["metadata"]["labels"]
-    assert all(service_labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in metrics["spec"]["ports"]}
-    for stage, deployment in worker_deployments(docs).items():
-        assert stage in by_kind(docs, "PodDisruptionBudget") or f"emostream-{stage}" in by_kind(
-            docs, "PodDisruptionBudget"
-        )
+    assert all(
+        service_labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items()
+    )
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
+        p["name"] for p in metrics["spec"]["ports"]
+    }
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    for stage in worker_deployments(docs):
+        assert f"emostream-{stage}" in pdbs, f"{overlay}: a PodDisruptionBudget for {stage}"
 
 
 # -- settings, topics, autoscaling ---------------------------------------------------------------
@@ -276,7 +300,9 @@ def test_every_settings_variable_is_a_field_of_the_settings_model(overlay):
     names = set(settings_env(docs))
     for _, pod in pod_templates(docs):
         for container in pod["containers"]:
-            names |= {v["name"] for v in container.get("env", []) if v["name"].startswith("EMOSTREAM_")}
+            names |= {
+                v["name"] for v in container.get("env", []) if v["name"].startswith("EMOSTREAM_")
+            }
     for name in sorted(names - set(OUTSIDE_SETTINGS)):
         path = name.removeprefix("EMOSTREAM_").lower().split("__")
         try:
@@ -291,7 +317,8 @@ def test_kafka_topics_match_the_settings(overlay):
     settings = _settings(docs)
     topics = {doc["spec"]["topicName"]: doc["spec"] for doc in by_kind(docs, "KafkaTopic").values()}
     wanted = {
-        getattr(settings.topics, field) for field in ("audio", "segments", "emotions", "alerts", "dead_letters")
+        getattr(settings.topics, field)
+        for field in ("audio", "segments", "emotions", "alerts", "dead_letters")
     }
     assert set(topics) == wanted
     for name, spec in topics.items():
@@ -299,26 +326,42 @@ def test_kafka_topics_match_the_settings(overlay):
         assert spec["replicas"] == settings.topics.replication_factor, name
         assert int(spec["config"]["min.insync.replicas"]) <= spec["replicas"], name
     dead_letters = int(topics[settings.topics.dead_letters]["config"]["retention.ms"])
-    others = [int(spec["config"]["retention.ms"]) for name, spec in topics.items() if name != settings.topics.dead_letters]
+    others = [
+        int(spec["config"]["retention.ms"])
+        for name, spec in topics.items()
+        if name != settings.topics.dead_letters
+    ]
     assert dead_letters > max(others), "dead letters are kept longer than anything else"
 
 
 def test_autoscalers_follow_lag_or_cpu_and_are_capped_by_partitions(overlay):
     docs = render(overlay)
     settings = _settings(docs)
-    scaled = {doc["spec"]["scaleTargetRef"]["name"]: doc for doc in by_kind(docs, "ScaledObject").values()}
-    hpas = {doc["spec"]["scaleTargetRef"]["name"]: doc for doc in by_kind(docs, "HorizontalPodAutoscaler").values()}
+    scaled = {
+        doc["spec"]["scaleTargetRef"]["name"]: doc for doc in by_kind(docs, "ScaledObject").values()
+    }
+    hpas = {
+        doc["spec"]["scaleTargetRef"]["name"]: doc
+        for doc in by_kind(docs, "HorizontalPodAutoscaler").values()
+    }
     for stage, deployment in worker_deployments(docs).items():
         name = deployment["metadata"]["name"]
         assert (name in scaled) != (name in hpas), f"{overlay}: {name} has exactly one autoscaler"
         if name in scaled:
             spec = scaled[name]["spec"]
-            assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= settings.topics.partitions
+            assert (
+                1
+                <= spec["minReplicaCount"]
+                <= spec["maxReplicaCount"]
+                <= settings.topics.partitions
+            )
             (trigger,) = spec["triggers"]
             assert trigger["type"] == "kafka"
             meta = trigger["metadata"]
             assert meta["topic"] == getattr(settings.topics, INPUT_TOPIC[stage])
-            assert meta["consumerGroup"] == f"{settings.worker_id}-{stage}"  # workers.app.create_app
+            assert (
+                meta["consumerGroup"] == f"{settings.worker_id}-{stage}"
+            )  # workers.app.create_app
             assert meta["bootstrapServers"] == settings.kafka.bootstrap_servers
             assert meta["offsetResetPolicy"] == "earliest"  # as the workers' consumers
             assert meta["allowIdleConsumers"] == "false"
@@ -328,7 +371,9 @@ def test_autoscalers_follow_lag_or_cpu_and_are_capped_by_partitions(overlay):
             spec = hpas[name]["spec"]
             assert 1 <= spec["minReplicas"] <= spec["maxReplicas"] <= settings.topics.partitions
             behavior = spec["behavior"]
-        assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 120, "scale-downs are rebalances"
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 120, (
+            "scale-downs are rebalances"
+        )
         assert "stabilizationWindowSeconds" in behavior["scaleUp"]
         replicas = deployment["spec"].get("replicas", 1)
         assert replicas <= settings.topics.partitions
@@ -336,7 +381,7 @@ def test_autoscalers_follow_lag_or_cpu_and_are_capped_by_partitions(overlay):
 
 def test_settings_reach_workers_only_through_the_configmap_and_secrets(overlay):
     docs = render(overlay)
-    for stage, deployment in worker_deployments(docs).items():
+    for deployment in worker_deployments(docs).values():
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         for variable in container.get("env", []):
             if variable["name"].startswith("EMOSTREAM_") and "value" in variable:
@@ -355,7 +400,11 @@ def _exported_metric_names() -> set[str]:
     for module_info in pkgutil.walk_packages(emostream.workers.__path__, "emostream.workers."):
         module = importlib.import_module(module_info.name)
         if hasattr(module, "WorkerMetrics"):
-            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+            suffixes = {
+                "counter": ("_total",),
+                "histogram": ("_bucket", "_sum", "_count"),
+                "gauge": ("",),
+            }
             return {
                 family.name + suffix
                 for family in module.WorkerMetrics("vad").registry.collect()
@@ -379,5 +428,7 @@ def test_alert_rules_use_only_metrics_the_workers_export(overlay):
             assert name in exported, f"{rule['alert']}: {name} is not a worker metric"
         assert rule["annotations"]["runbook"].startswith("deploy/README.md#")
         anchor = rule["annotations"]["runbook"].split("#", 1)[1]
-        headings = re.findall(r"^## (.+)$", (RUNBOOK_PATH.read_text()), re.M)
-        assert anchor in {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}, anchor
+        headings = re.findall(r"^## (.+)$", (RUNBOOK_PATH.read_text()), re.MULTILINE)
+        assert anchor in {
+            re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings
+        }, anchor

@@ -46,7 +46,10 @@ def _send(settings, audio: dict[str, np.ndarray], done: threading.Event) -> None
                 continue
             piece = chunks[seq] if seq < len(chunks) else np.zeros(0, np.int16)
             header = AudioChunkHeader(
-                stream_id=stream_id, seq=seq, sample_rate_hz=16_000, end_of_stream=seq == len(chunks)
+                stream_id=stream_id,
+                seq=seq,
+                sample_rate_hz=16_000,
+                end_of_stream=seq == len(chunks),
             )
             producer.send(
                 settings.topics.audio,
@@ -100,16 +103,24 @@ def test_sigterm_mid_stream_loses_nothing_and_exits_within_the_grace_period(
 
     # SIGTERM the VAD worker once segments flow and other utterances are open
     wait_for(
-        lambda: len(read_topic(settings, settings.topics.segments, min_records=STREAMS, timeout_s=1)) >= STREAMS,
+        lambda: (
+            len(read_topic(settings, settings.topics.segments, min_records=STREAMS, timeout_s=1))
+            >= STREAMS
+        ),
         timeout_s=60,
         what="first segments",
     )
-    assert _sigterm(vad, "vad") == 0, f"VAD worker did not exit cleanly on SIGTERM:\n{vad.log_tail()}"
+    assert _sigterm(vad, "vad") == 0, (
+        f"VAD worker did not exit cleanly on SIGTERM:\n{vad.log_tail()}"
+    )
     _spawn(spawn_worker, "vad", settings, "vad-2")
 
     # SIGTERM the inference worker while results are flowing
     wait_for(
-        lambda: len(read_topic(settings, settings.topics.emotions, min_records=STREAMS, timeout_s=1)) >= STREAMS,
+        lambda: (
+            len(read_topic(settings, settings.topics.emotions, min_records=STREAMS, timeout_s=1))
+            >= STREAMS
+        ),
         timeout_s=90,
         what="results before the inference shutdown",
     )
@@ -142,8 +153,13 @@ def test_sigterm_mid_stream_loses_nothing_and_exits_within_the_grace_period(
     for stream_id in stream_ids:
         assert len(client.keys(f"{prefix}:{{{stream_id}}}:seg:*")) == len(references[stream_id])
         for segment in references[stream_id]:
-            event = EmotionEvent.model_validate_json(client.get(result_key(prefix, stream_id, segment.index)))
+            event = EmotionEvent.model_validate_json(
+                client.get(result_key(prefix, stream_id, segment.index))
+            )
             assert (event.start_ms, event.end_ms) == (segment.start_ms, segment.end_ms)
     emotions = read_topic(settings, settings.topics.emotions, min_records=total, timeout_s=10)
-    keys = {EmotionEvent.model_validate_json(r.value).idempotency_key.rsplit("/", 1)[0] for r in emotions}
+    keys = {
+        EmotionEvent.model_validate_json(r.value).idempotency_key.rsplit("/", 1)[0]
+        for r in emotions
+    }
     assert keys == {f"{s}/{seg.index}" for s in stream_ids for seg in references[s]}
