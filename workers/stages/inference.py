@@ -14,8 +14,9 @@ re-publish. Each result is sent on its own: a send that fails is retried (`RESUL
 then its segment is dead-lettered; the batch's other results go on (and only sent results are
 written to Redis). If the dead letter cannot be sent either (the broker is unreachable), the result
 is retried until it is on the topic (backoff up to `RESULT_SEND_RETRY_MAX_S`): the batch's offsets
-are never acknowledged with a result neither published nor dead-lettered. The batch's offsets are acknowledged when the loop asks for the next batch, i.e. after
-4 and 5: a crash before that replays the batch (idempotent: same keys, overwritten).
+are never acknowledged with a result neither published nor dead-lettered. The batch's offsets are
+acknowledged after 4 and 5 (`noack_take`, explicit acks): a crash or a SIGTERM before that replays
+the batch (idempotent: same keys, overwritten).
 """
 
 import asyncio
@@ -119,17 +120,17 @@ class InferenceStage:
         settings = self.ctx.settings.inference
 
         async def inference(stream: StreamT) -> None:
-            def capture(value: Any) -> _Received:
-                event = stream.current_event
-                assert event is not None
-                self.ctx.liveness.took(event.message.tp, event.message.offset)
-                return _Received(
-                    event, event.message.key, event.message.value, event.message.headers
-                )
-
-            stream.add_processor(capture)
-            async for batch in stream.take(settings.batch_max, within=settings.batch_within_s):
-                await self.process_batch(batch)
+            # noack_take + explicit acks after the batch: take() acknowledges a batch in a `finally`,
+            # so an agent stopped mid-batch (SIGTERM: a rolling update, a scale-down) committed
+            # segments that were never inferred. Now they stay unacknowledged and are replayed.
+            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+                received = []
+                for event in events:
+                    self.ctx.liveness.took(event.message.tp, event.message.offset)
+                    received.append(_Received(event, event.message.key, event.message.value, event.message.headers))
+                await self.process_batch(received)
+                for event in events:
+                    await stream.ack(event)
 
         self.ctx.app.agent(self.ctx.topics.segments, name="inference")(inference)
 
