@@ -138,6 +138,9 @@ def test_a_corrupt_or_partial_state_is_refused_by_name(tmp_path: Path) -> None:
         train_plb(features, labels, PLBConfig(num_classes=3), recipe, CPU, state_path=partial, progress=False)
 
 
+# torch.compile's first build of the network takes ~40 s on an idle 2-core machine and several times
+# that under load; the generous timeout is a hang guard, not a speed bound.
+@pytest.mark.timeout(1200)
 def test_compiled_and_eager_network_agree() -> None:
     features, _ = fixture_utterances()
     torch.manual_seed(0)
@@ -151,6 +154,7 @@ def test_compiled_and_eager_network_agree() -> None:
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.timeout(1200)
 def test_compiled_training_learns_like_eager() -> None:
     features, labels = _four_clips()
     recipe = TrainingRecipe(epochs=3, batch_size=4)
