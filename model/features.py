@@ -12,13 +12,6 @@ import librosa
 import numpy as np
 from emostream.schemas.model_card import FeatureSettings
 
-FEATURE_SAMPLE_RATE_HZ = 22_050  # librosa's default load rate, the thesis's
-N_MFCC = 39
-N_FFT = 2_048  # 92.9 ms at 22,050 Hz
-HOP_LENGTH = 512  # 23.2 ms at 22,050 Hz
-INPUT_SAMPLES = 100_000  # 4.535 s at 22,050 Hz
-INPUT_FRAMES = 1 + INPUT_SAMPLES // HOP_LENGTH  # 196
-
 
 def resample(audio: np.ndarray, from_rate_hz: int, to_rate_hz: int) -> np.ndarray:
     """Band-limited resampling (soxr via librosa) of mono float32 audio."""

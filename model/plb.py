@@ -17,7 +17,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from emostream.schemas.model_card import FeatureSettings
 from torch import nn
+
+_FEATURES = FeatureSettings()  # the network's input shape follows the feature settings
 
 
 @dataclass(frozen=True)
@@ -25,8 +28,8 @@ class PLBConfig:
     """Hyper-parameters of Table 1; the defaults reproduce its parameter counts."""
 
     num_classes: int = 7
-    input_frames: int = 196  # MFCC frames: 100,000 samples at 22,050 Hz, hop 512
-    input_coefficients: int = 39  # MFCC coefficients
+    input_frames: int = _FEATURES.input_frames  # MFCC frames: 100,000 samples at 22,050 Hz, hop 512 = 196
+    input_coefficients: int = _FEATURES.n_coefficients  # MFCC coefficients: 39
     channels: int = 64  # filters of every Conv2D
     kernel_size: int = 3
     dilation: int = 2  # DCNN rate

@@ -13,36 +13,42 @@ and after `quiet_boundary_ms` of audio in QUIET with no voiced frame in the onse
 """
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 
 import webrtcvad
+from emostream.schemas.settings import VadSettings
 
 VAD_SAMPLE_RATE_HZ = 16_000
 BYTES_PER_SAMPLE = 2  # s16le
 ONSET_SPEECH_RATIO = 0.75  # share of voiced frames in the onset window that starts a segment
 
 
+_VAD = VadSettings()  # the settings model is the source of every default and check below
+
+
 @dataclass(frozen=True)
 class EndpointerParams:
-    """End-pointing parameters; every duration in milliseconds of audio (stream time)."""
+    """End-pointing parameters; every duration in milliseconds of audio (stream time). The fields are
+    `schemas.settings.VadSettings`'s of the same names, with its defaults and validated by it."""
 
-    aggressiveness: int = 2  # webrtcvad mode 0-3: higher rejects more non-speech
-    frame_ms: int = 30  # webrtcvad accepts 10, 20 or 30
-    onset_ms: int = 150  # a segment starts when ONSET_SPEECH_RATIO of this window is voiced
-    hangover_ms: int = 300  # a segment ends after this much non-speech
-    padding_ms: int = 150  # non-speech kept before the onset and after the last voiced frame
-    min_segment_ms: int = 300  # shorter segments are dropped
-    max_segment_ms: int = 10_000  # longer speech is cut into segments of at most this length
-    quiet_boundary_ms: int = 5_000  # in QUIET, a boundary after this much audio since the last one; 0: never
+    aggressiveness: int = _VAD.aggressiveness  # webrtcvad mode 0-3: higher rejects more non-speech
+    frame_ms: int = _VAD.frame_ms  # webrtcvad accepts 10, 20 or 30
+    onset_ms: int = _VAD.onset_ms  # a segment starts when ONSET_SPEECH_RATIO of this window is voiced
+    hangover_ms: int = _VAD.hangover_ms  # a segment ends after this much non-speech
+    padding_ms: int = _VAD.padding_ms  # non-speech kept before the onset and after the last voiced frame
+    min_segment_ms: int = _VAD.min_segment_ms  # shorter segments are dropped
+    max_segment_ms: int = _VAD.max_segment_ms  # longer speech is cut into segments of at most this length
+    quiet_boundary_ms: int = _VAD.quiet_boundary_ms  # in QUIET, a boundary after this much audio; 0: never
 
     def __post_init__(self) -> None:
-        if self.frame_ms not in (10, 20, 30):
-            raise ValueError(f"frame_ms {self.frame_ms} not supported by webrtcvad; use 10, 20 or 30")
-        if not 0 <= self.aggressiveness <= 3:
-            raise ValueError(f"aggressiveness {self.aggressiveness} out of range; use 0, 1, 2 or 3")
+        VadSettings.model_validate(asdict(self))  # raises ValueError naming the field and the problem
         if self.max_segment_ms < self.min_segment_ms:
             raise ValueError(f"max_segment_ms {self.max_segment_ms} is below min_segment_ms {self.min_segment_ms}")
+
+    @classmethod
+    def from_settings(cls, vad: VadSettings) -> "EndpointerParams":
+        return cls(**vad.model_dump(include={f.name for f in fields(cls)}))
 
     def frames(self, duration_ms: int) -> int:
         """Whole frames covering `duration_ms` (at least 1 for a positive duration)."""

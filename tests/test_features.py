@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from emostream.model.features import (
-    INPUT_FRAMES,
     fit_length,
     normalise_level,
     normalise_onset,
@@ -21,7 +20,7 @@ def tone(seconds: float, rate_hz: int) -> np.ndarray:
 
 
 def test_input_is_196_frames_of_39_coefficients() -> None:
-    assert INPUT_FRAMES == 196
+    assert SETTINGS.input_frames == 196  # 1 + 100,000 // 512 centred frames
     windows = utterance_windows(tone(2.0, 16_000), 16_000, SETTINGS)
     assert windows.shape == (1, 196, 39)
     assert windows.dtype == np.float32

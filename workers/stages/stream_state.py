@@ -94,10 +94,9 @@ class StreamParams:
     @classmethod
     def from_settings(cls, vad: VadSettings) -> "StreamParams":
         """Every field of `EndpointerParams` and of this class is the `VadSettings` field of that name."""
-        endpointer_names = {item.name for item in fields(EndpointerParams)}
         own_names = {item.name for item in fields(cls)} - {"endpointer"}
         return cls(
-            endpointer=EndpointerParams(**vad.model_dump(include=endpointer_names)),
+            endpointer=EndpointerParams.from_settings(vad),
             **vad.model_dump(include=own_names),
         )
 
