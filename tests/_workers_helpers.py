@@ -7,6 +7,8 @@ nothing is downloaded. `fixture_utterance(i)` cuts utterance i out of it (times 
 
 import functools
 import json
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +180,28 @@ def require_model(settings) -> None:
         resolve(settings.inference.model)
     except UnknownModelError as error:
         pytest.skip(f"inference tests need a trained checkpoint: {error}")
+
+
+def send_interleaved(settings, audio: dict[str, np.ndarray], done: threading.Event, *, chunk_ms: int = 20,
+                     speedup: float = 4.0) -> None:
+    """All streams chunk by chunk, interleaved, paced at `speedup` x real time, each ending with an
+    end of stream; sets `done` when everything is flushed."""
+    from emostream.schemas.audio import AudioChunkHeader
+    from emostream.workers.cli.clients.producer import make_audio_producer
+
+    producer = make_audio_producer(settings)
+    pieces = {s: chunked(samples, PIPELINE_SAMPLE_RATE_HZ * chunk_ms // 1000) for s, samples in audio.items()}
+    began = time.monotonic()
+    for seq in range(max(len(p) for p in pieces.values()) + 1):
+        for stream_id, chunks in pieces.items():
+            if seq > len(chunks):
+                continue
+            piece = chunks[seq] if seq < len(chunks) else np.zeros(0, np.int16)
+            header = AudioChunkHeader(stream_id=stream_id, seq=seq, sample_rate_hz=PIPELINE_SAMPLE_RATE_HZ,
+                                      end_of_stream=seq == len(chunks))
+            producer.send(settings.topics.audio, key=stream_id.encode(), value=piece.astype("<i2").tobytes(),
+                          headers=header.to_kafka_headers())
+        time.sleep(max(0.0, began + (seq + 1) * chunk_ms / 1000 / speedup - time.monotonic()))
+    producer.flush()
+    producer.close()
+    done.set()

@@ -14,13 +14,13 @@ import pytest
 import soundfile as sf
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import result_key
-from emostream.workers.cli.clients.producer import make_audio_producer
 
 from tests._workers_helpers import (
     metric_value,
     reference_segments,
     require_model,
     segment_headers,
+    send_interleaved,
     wait_for,
 )
 
@@ -36,42 +36,6 @@ LEAD_STEP_MS = 370  # stream i starts with i * 370 ms of silence: streams are no
 def _long_speech(speech_wav, lead_ms: int) -> np.ndarray:
     samples, _ = sf.read(speech_wav, dtype="int16")
     return np.concatenate([np.zeros(lead_ms * 16, np.int16)] + [samples] * REPEATS)
-
-
-def _send_interleaved(settings, audio: dict[str, np.ndarray], stop: threading.Event) -> None:
-    """All streams chunk by chunk, interleaved, paced at SEND_SPEEDUP x real time, each ending with eos."""
-    from emostream.schemas.audio import AudioChunkHeader
-
-    from tests._workers_helpers import chunked
-
-    producer = make_audio_producer(settings)
-    pieces = {
-        stream_id: chunked(samples, 16_000 * CHUNK_MS // 1000)
-        for stream_id, samples in audio.items()
-    }
-    began = time.monotonic()
-    for seq in range(max(len(p) for p in pieces.values()) + 1):
-        for stream_id, chunks in pieces.items():
-            if seq > len(chunks):
-                continue
-            piece = chunks[seq] if seq < len(chunks) else np.zeros(0, np.int16)
-            header = AudioChunkHeader(
-                stream_id=stream_id,
-                seq=seq,
-                sample_rate_hz=16_000,
-                end_of_stream=seq == len(chunks),
-            )
-            producer.send(
-                settings.topics.audio,
-                key=stream_id.encode(),
-                value=piece.astype("<i2").tobytes(),
-                headers=header.to_kafka_headers(),
-            )
-        due = began + (seq + 1) * CHUNK_MS / 1000 / SEND_SPEEDUP
-        time.sleep(max(0.0, due - time.monotonic()))
-    producer.flush()
-    producer.close()
-    stop.set()
 
 
 def _distinct_segments(read_topic, settings) -> int:
@@ -104,7 +68,8 @@ def test_kill_9_vad_and_inference_workers_mid_stream(
     vad = spawn_worker("vad", settings, name="vad-1")
     inference = spawn_worker("inference", settings, name="inference-1")
     done = threading.Event()
-    sender = threading.Thread(target=_send_interleaved, args=(settings, audio, done), daemon=True)
+    sender = threading.Thread(target=send_interleaved, args=(settings, audio, done),
+                              kwargs={"chunk_ms": CHUNK_MS, "speedup": SEND_SPEEDUP}, daemon=True)
     sender.start()
 
     # kill -9 the VAD worker once some segments are out and others are open

@@ -16,10 +16,9 @@ import soundfile as sf
 import yaml
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import result_key
-from emostream.workers.cli.clients.producer import make_audio_producer
 
 from tests._deploy_helpers import DEPLOY
-from tests._workers_helpers import chunked, reference_segments, require_model, wait_for
+from tests._workers_helpers import reference_segments, require_model, send_interleaved, wait_for
 
 STREAMS = 3
 REPEATS = 2  # each stream: the fixture's 3 utterances twice (~16 s of audio, 6 segments)
@@ -32,35 +31,6 @@ def grace_period_s(stage: str) -> int:
     """terminationGracePeriodSeconds of the stage's Deployment (every overlay keeps the base's)."""
     deployment = yaml.safe_load((DEPLOY / "k8s" / "base" / f"{stage}.yaml").read_text())
     return int(deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
-
-
-def _send(settings, audio: dict[str, np.ndarray], done: threading.Event) -> None:
-    from emostream.schemas.audio import AudioChunkHeader
-
-    producer = make_audio_producer(settings)
-    pieces = {s: chunked(samples, 16_000 * CHUNK_MS // 1000) for s, samples in audio.items()}
-    began = time.monotonic()
-    for seq in range(max(len(p) for p in pieces.values()) + 1):
-        for stream_id, chunks in pieces.items():
-            if seq > len(chunks):
-                continue
-            piece = chunks[seq] if seq < len(chunks) else np.zeros(0, np.int16)
-            header = AudioChunkHeader(
-                stream_id=stream_id,
-                seq=seq,
-                sample_rate_hz=16_000,
-                end_of_stream=seq == len(chunks),
-            )
-            producer.send(
-                settings.topics.audio,
-                key=stream_id.encode(),
-                value=piece.astype("<i2").tobytes(),
-                headers=header.to_kafka_headers(),
-            )
-        time.sleep(max(0.0, began + (seq + 1) * CHUNK_MS / 1000 / SEND_SPEEDUP - time.monotonic()))
-    producer.flush()
-    producer.close()
-    done.set()
 
 
 def _sigterm(worker, stage: str) -> int | None:
@@ -98,7 +68,8 @@ def test_sigterm_mid_stream_loses_nothing_and_exits_within_the_grace_period(
     vad = _spawn(spawn_worker, "vad", settings, "vad-1")
     inference = _spawn(spawn_worker, "inference", settings, "inference-1")
     done = threading.Event()
-    sender = threading.Thread(target=_send, args=(settings, audio, done), daemon=True)
+    sender = threading.Thread(target=send_interleaved, args=(settings, audio, done),
+                              kwargs={"chunk_ms": CHUNK_MS, "speedup": SEND_SPEEDUP}, daemon=True)
     sender.start()
 
     # SIGTERM the VAD worker once segments flow and other utterances are open
