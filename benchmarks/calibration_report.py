@@ -10,6 +10,7 @@ are labelled `uncertain`; --png draws that curve.
 """
 
 import argparse
+import datetime
 import json
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from emostream.model.calibration import (
     cross_fitted_calibration,
     plot_coverage,
 )
+from emostream.model.card_markdown import render
+from emostream.model.checkpoint import read_card, update_card
 from emostream.model.feature_table import FeatureTable
 from scipy.special import softmax
 
@@ -44,12 +47,23 @@ def main() -> None:
     after = accuracy_against_coverage(result["probabilities_after"], result["labels"], THRESHOLDS)
     if args.png:
         plot_coverage(after, args.png, f"{args.cv_dir.name}: {len(folds)} folds, temperature-scaled")
-    print(json.dumps({
+    report = {
         "cv_dir": str(args.cv_dir), "folds": len(folds), "clips": len(result["labels"]),
         "temperature": round(result["temperature"], 4), "fold_temperatures": result["fold_temperatures"],
         "ece_before": round(result["ece_before"], 4), "ece_after_held_out": round(result["ece_after"], 4),
         "coverage_before": [p.to_dict() for p in before], "coverage_after": [p.to_dict() for p in after],
-    }, indent=1))
+    }
+    if args.write_card:
+        card = read_card(args.write_card)
+        command = (f"python benchmarks/calibration_report.py --cv-dir {args.cv_dir} --features {args.features} "
+                   f"--write-card {args.write_card}")
+        update_card(args.write_card, score_temperature=report["temperature"], metrics={**card.metrics, "calibration": {
+            "command": command, "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
+            "measured_with": f"fold models of the recipe ({args.cv_dir.name}, {len(folds)} folds); the shipped "
+                             "temperature is fitted on their pooled held-out logits",
+            "figures": report}})
+        (args.write_card / "MODEL_CARD.md").write_text(render(args.write_card))
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
