@@ -18,27 +18,14 @@ import numpy as np
 import torch
 from emostream.model.analysis import utterances
 from emostream.model.audio_io import read_audio
-from emostream.model.checkpoint import save_checkpoint
-from emostream.model.crossval import load_fold_network
+from emostream.model.crossval import serve_fold
 from emostream.model.feature_table import FeatureTable
 from emostream.model.features import resample
 from emostream.model.metrics import weighted_average_recall
-from emostream.model.plb import count_parameters
-from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.vad import VAD_SAMPLE_RATE_HZ, EndpointerParams
-from emostream.schemas.model_card import FeatureSettings, ModelCard
+from emostream.schemas.model_card import FeatureSettings
 
 CROPS_S = (0.5, 1.0, 2.0, 3.0)
-
-
-def fold_model(fold_dir: Path, fold: int, labels: list[str], scratch: Path, features: FeatureSettings
-               ) -> PLBEmotionModel:
-    network, _ = load_fold_network(fold_dir, fold)
-    card = ModelCard(name=f"fold-{fold}", version="cv", architecture="plb", labels=labels, features=features,
-                     architecture_options=network.config.to_dict(), parameter_count=count_parameters(network),
-                     weights_file="", weights_sha256="")
-    save_checkpoint(network, card, scratch)
-    return PLBEmotionModel(scratch)
 
 
 def main() -> None:
@@ -53,8 +40,8 @@ def main() -> None:
     table = FeatureTable.load(args.features)
     fold = json.loads((args.fold_dir / f"fold-{args.fold:02d}.json").read_text())
     with tempfile.TemporaryDirectory() as scratch:
-        model = fold_model(args.fold_dir, args.fold, table.labels, Path(scratch) / "model",
-                           FeatureSettings(onset_lead_in_s=args.onset_lead_in_s))
+        model, _ = serve_fold(args.fold_dir, args.fold, table.labels, Path(scratch) / "model",
+                              FeatureSettings(onset_lead_in_s=args.onset_lead_in_s))
         truth: list[int] = []
         inputs: dict[str, list[np.ndarray]] = {name: [] for name in
                                                ["whole clip", "VAD segment", *(f"first {c} s" for c in CROPS_S)]}

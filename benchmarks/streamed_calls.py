@@ -25,15 +25,12 @@ import soundfile as sf
 import torch
 from emostream.model.analysis import analyze_waveform
 from emostream.model.audio_io import read_audio
-from emostream.model.checkpoint import save_checkpoint
-from emostream.model.crossval import load_fold_network
+from emostream.model.crossval import serve_fold
 from emostream.model.feature_table import FeatureTable
 from emostream.model.features import resample
 from emostream.model.g711 import mulaw_decode, mulaw_encode
-from emostream.model.plb import count_parameters
-from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.vad import VAD_SAMPLE_RATE_HZ, EndpointerParams
-from emostream.schemas.model_card import FeatureSettings, ModelCard
+from emostream.schemas.model_card import FeatureSettings
 
 PAUSE_S = (0.6, 1.5)
 NOISE_BELOW_SPEECH_DB = 40.0
@@ -80,14 +77,6 @@ def match(truth: list[dict[str, object]], segments: list) -> dict[str, object]:
             found.append((u, hits[0]))
             claimed.add(hits[0])
     return {"found": found, "unmatched_segments": len(segments) - len(claimed)}
-
-
-def fold_model(network, labels: list[str], scratch: Path, fold: int, features: FeatureSettings) -> PLBEmotionModel:
-    card = ModelCard(name=f"fold-{fold}", version="cv", architecture="plb", labels=labels, features=features,
-                     architecture_options=network.config.to_dict(), parameter_count=count_parameters(network),
-                     weights_file="", weights_sha256="")
-    save_checkpoint(network, card, scratch)
-    return PLBEmotionModel(scratch)
 
 
 def evaluate_call(model, call: np.ndarray, rate_hz: int, truth: list[dict[str, object]]) -> dict[str, object]:
@@ -140,9 +129,8 @@ def main() -> None:
     whole_right: list[bool] = []
     with tempfile.TemporaryDirectory() as scratch:
         for fold in folds:
-            network, result = load_fold_network(args.cv_dir, fold)
-            model = fold_model(network, table.labels, Path(scratch) / f"fold-{fold}", fold,
-                               FeatureSettings(onset_lead_in_s=args.onset_lead_in_s))
+            model, result = serve_fold(args.cv_dir, fold, table.labels, Path(scratch) / f"fold-{fold}",
+                                       FeatureSettings(onset_lead_in_s=args.onset_lead_in_s))
             by_speaker: dict[str, list[int]] = {}
             for index in result["test_indices"]:
                 by_speaker.setdefault(table.speakers[index], []).append(index)

@@ -21,6 +21,7 @@ from emostream.model.plb import (
 )
 from emostream.model.recipes import TrainingRecipe
 from emostream.model.training import pick_device, predict_logits, train_plb
+from emostream.schemas.model_card import FeatureSettings, ModelCard
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 PROTOCOLS = ("stratified", "speaker")
@@ -159,8 +160,21 @@ def load_fold_network(out_dir: Path, fold: int) -> tuple[PLBNet, dict[str, objec
     from safetensors.torch import load_file
 
     result = json.loads((out_dir / f"fold-{fold:02d}.json").read_text())
-    network = PLBNet(PLBConfig(**result["network"])) if "network" in result else None
-    if network is None:  # folds written before the network options were recorded: the thesis's network
-        network = PLBNet(PLBConfig(num_classes=len(result["report"]) - 3))
+    network = PLBNet(PLBConfig(**result["network"]))
     network.load_state_dict(load_file(str(out_dir / f"fold-{fold:02d}.safetensors")))
     return network.eval(), result
+
+
+def serve_fold(out_dir: Path, fold: int, labels: list[str], folder: Path, features: FeatureSettings):
+    """A finished fold's network written as a checkpoint in `folder` and loaded as the served model
+    (`PLBEmotionModel`), for benchmarks that score fold models the way the pipeline serves them.
+    Returns (model, the fold's result JSON)."""
+    from emostream.model.checkpoint import save_checkpoint
+    from emostream.model.plb_model import PLBEmotionModel
+
+    network, result = load_fold_network(out_dir, fold)
+    card = ModelCard(name=f"fold-{fold}", version="cv", architecture="plb", labels=labels, features=features,
+                     architecture_options=network.config.to_dict(), parameter_count=count_parameters(network),
+                     weights_file="", weights_sha256="")
+    save_checkpoint(network, card, folder)
+    return PLBEmotionModel(folder), result
