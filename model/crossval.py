@@ -4,6 +4,7 @@ and speaker-independent folds (grouped by speaker). Each fold is resumable (a tr
 these 2 cores one fold at a time with both threads beats two folds side by side."""
 
 import json
+import logging
 import multiprocessing
 import os
 import time
@@ -62,6 +63,8 @@ def run_fold(job: FoldJob) -> dict[str, object]:
         return json.loads(result_path.read_text())
     import torch
 
+    if not job.progress and not logging.getLogger().handlers:  # a pool worker: keep the per-epoch log lines
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(job.threads)
     table = FeatureTable.load(Path(job.table_path))
     device = pick_device(job.device)
