@@ -12,11 +12,15 @@ Per micro-batch (`stream.take(batch_max, within=batch_within_s)`):
 Ordering 4 before 5 makes a cached result imply it is already on the topic, so a cache hit needs no
 re-publish. Each result is sent on its own: a send that fails is retried (`RESULT_SEND_ATTEMPTS`),
 then its segment is dead-lettered; the batch's other results go on (and only sent results are
-written to Redis). If the dead letter cannot be sent either (the broker is unreachable), the result
-is retried until it is on the topic (backoff up to `RESULT_SEND_RETRY_MAX_S`): the batch's offsets
-are never acknowledged with a result neither published nor dead-lettered. The batch's offsets are
-acknowledged after 4 and 5 (`noack_take`, explicit acks): a crash or a SIGTERM before that replays
-the batch (idempotent: same keys, overwritten).
+written to Redis). The streams of a batch are sent side by side, one stream's results in segment
+order: a stream's next result is sent once its previous one is on the topic or dead-lettered, so a
+retry never puts a segment after its successor (the plugin runner hands a stream's events to
+`on_emotion` in topic order, which plugins are promised is segment order). If the dead letter
+cannot be sent either (the broker is unreachable), the result is retried until it is on the topic
+(backoff up to `RESULT_SEND_RETRY_MAX_S`): the batch's offsets are never acknowledged with a result
+neither published nor dead-lettered. The batch's offsets are acknowledged after 4 and 5
+(`noack_take`, explicit acks): a crash or a SIGTERM before that replays the batch (idempotent: same
+keys, overwritten).
 """
 
 import asyncio
@@ -207,29 +211,46 @@ class InferenceStage:
                     metrics.latency.labels(part).observe(max(0.0, value) / 1000)
 
     async def _publish(self, made: list[tuple[_Segment, EmotionEvent]]) -> list[EmotionEvent]:
-        """Send every result, each on its own; return those on the topic. A result whose sends all
-        fail is dead-lettered (its segment record), and the others are not held back."""
+        """Send every result, each on its own; return those on the topic. Streams are sent side by
+        side, each stream's results in segment order (a stream's next result waits until the one
+        before it is settled). A result whose sends all fail is dead-lettered (its segment record);
+        the other streams' results are not held back by its retries."""
+        by_stream: dict[str, list[tuple[_Segment, EmotionEvent]]] = {}
+        for segment, event in made:
+            by_stream.setdefault(event.stream_id, []).append((segment, event))
+        published = await asyncio.gather(
+            *(self._publish_stream(results) for results in by_stream.values())
+        )
+        return [event for stream_events in published for event in stream_events]
+
+    async def _publish_stream(
+        self, results: list[tuple[_Segment, EmotionEvent]]
+    ) -> list[EmotionEvent]:
+        """One stream's results, in segment order, each sent once the one before it is settled."""
         sent: list[EmotionEvent] = []
-        pending = [(segment, event, await self._send_result(event)) for segment, event in made]
-        for segment, event, delivery in pending:
-            error = await delivery
-            attempt = 1
-            while error is not None and attempt < RESULT_SEND_ATTEMPTS:
-                await asyncio.sleep(RESULT_SEND_RETRY_S * 2 ** (attempt - 1))
-                attempt += 1
-                error = await (await self._send_result(event))
-            if error is None:
+        for segment, event in sorted(results, key=lambda result: result[1].segment_index):
+            if await self._publish_one(segment, event):
                 sent.append(event)
-                continue
-            reason = (
-                f"{segment.where}: result not sent to the emotions topic after {attempt} attempts: "
-                f"{type(error).__name__}: {error}"
-            )
-            if await self._dead_letter(segment.received, reason):
-                continue
-            await self._send_until_sent(event)  # nothing went out: never drop it silently
-            sent.append(event)
         return sent
+
+    async def _publish_one(self, segment: _Segment, event: EmotionEvent) -> bool:
+        """True once the result is on the topic; False once its segment is dead-lettered instead."""
+        error = await (await self._send_result(event))
+        attempt = 1
+        while error is not None and attempt < RESULT_SEND_ATTEMPTS:
+            await asyncio.sleep(RESULT_SEND_RETRY_S * 2 ** (attempt - 1))
+            attempt += 1
+            error = await (await self._send_result(event))
+        if error is None:
+            return True
+        reason = (
+            f"{segment.where}: result not sent to the emotions topic after {attempt} attempts: "
+            f"{type(error).__name__}: {error}"
+        )
+        if await self._dead_letter(segment.received, reason):
+            return False
+        await self._send_until_sent(event)  # nothing went out: never drop it silently
+        return True
 
     async def _send_until_sent(self, event: EmotionEvent) -> None:
         delay_s = RESULT_SEND_RETRY_S
