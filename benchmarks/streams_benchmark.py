@@ -200,7 +200,8 @@ class SegmentResult:
     received_at_ms: float | None = None  # its pub/sub notice reached the benchmark; None: none came
     speech_end_at_ms: float | None = None  # the VAD worker received the chunk closing the segment
     made_at_ms: float | None = None  # the result (segment) was made
-    stage_ms: Mapping[str, float] = field(default_factory=dict)  # vad / queue / inference / other
+    # the worker's own figures: vad / queue / inference / other, and their total
+    stage_ms: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def key(self) -> ResultKey:
@@ -219,8 +220,10 @@ def result_from_event(event: EmotionEvent, *, received_at_ms: float | None) -> S
         )
         if value is not None
     }
-    if latency.total_ms is not None and len(stage_ms) == 3:
-        stage_ms["other"] = latency.total_ms - sum(stage_ms.values())
+    if latency.total_ms is not None:
+        if len(stage_ms) == 3:
+            stage_ms["other"] = latency.total_ms - sum(stage_ms.values())
+        stage_ms["total"] = latency.total_ms  # not a part: the sum of vad .. other
     speech_end_at_ms = (
         None
         if event.created_at_ms is None or latency.total_ms is None
@@ -703,6 +706,7 @@ def count_results(
 class LatencySamples:
     latencies_ms: list[float]  # end of utterance (its audio's wall clock) -> notice of its result
     parts_ms: dict[str, list[float]]  # LATENCY_PARTS name -> values
+    worker_total_ms: list[float]  # LatencyBreakdown.total_ms: speech end received -> result made
 
 
 def latency_samples(
@@ -715,6 +719,7 @@ def latency_samples(
     (Unix s) at which each stream's audio time 0 was spoken."""
     latencies: list[float] = []
     parts: dict[str, list[float]] = {name: [] for name in LATENCY_PARTS}
+    worker_total_ms: list[float] = []
     for stream_id, utterance, result in pairs:
         end_at_ms = 1000.0 * origins_s[stream_id] + utterance.end_ms
         latency = latency_ms(result, utterance_end_at_ms=end_at_ms)
@@ -724,7 +729,9 @@ def latency_samples(
         found = latency_parts_ms(result, utterance_end_at_ms=end_at_ms, hangover_ms=hangover_ms)
         for name, value in found.items():
             parts[name].append(value)
-    return LatencySamples(latencies, parts)
+        if "total" in result.stage_ms:
+            worker_total_ms.append(result.stage_ms["total"])
+    return LatencySamples(latencies, parts, worker_total_ms)
 
 
 @dataclass(frozen=True)
@@ -879,9 +886,10 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
         "latency_samples": len(samples.latencies_ms),
         "latency_ms": quantiles(samples.latencies_ms),
         "beyond_hangover_ms": quantiles(beyond),
+        # the parts, then the inference worker's own total (not a part)
         "breakdown_p50_p95_ms": {
             name: [_round(percentile(v, 50)), _round(percentile(v, 95))]
-            for name, v in samples.parts_ms.items()
+            for name, v in (*samples.parts_ms.items(), ("total", samples.worker_total_ms))
             if v
         },
         "cross_check": None
@@ -991,7 +999,11 @@ def format_run(report: Mapping[str, Any]) -> str:
         )
     else:
         lines.append("  cross-check: none (--stages vad: segments read from the segments topic)")
-    breakdown = report["breakdown_p50_p95_ms"]
+    breakdown = {
+        name: values
+        for name, values in report["breakdown_p50_p95_ms"].items()
+        if name in LATENCY_PARTS
+    }
     if breakdown:
         parts = ", ".join(f"{name} {_ms(p50)}/{_ms(p95)}" for name, (p50, p95) in breakdown.items())
         p50_sum = sum(p50 for p50, _ in breakdown.values() if p50 is not None)

@@ -145,6 +145,7 @@ def test_latency_parts_sum_to_the_latency_beyond_the_hangover() -> None:
         }
     )
     assert latency == pytest.approx(sum(parts.values()) + hangover_ms)
+    assert seen.stage_ms["total"] == 45.0  # the worker's own total, kept beside the parts
 
 
 def test_a_result_without_a_notice_has_no_latency() -> None:
