@@ -1,0 +1,267 @@
+"""The streams benchmark's counting, without a stack: matching planned utterances to results one to
+one, duplicates, unmatched and missing results, the Redis / topic cross-check, and its statistics
+(benchmarks/streams_benchmark.py). Hand-made utterances and results; nothing is started."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from emostream.schemas.event import EmotionEvent, LatencyBreakdown
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "streams_benchmark.py"
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("streams_benchmark", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_benchmark()
+Utterance, SegmentResult = bench.Utterance, bench.SegmentResult
+
+
+def result(
+    stream_id: str, index: int, start_ms: float, end_ms: float, received_at_ms: float | None = None
+):
+    return SegmentResult(stream_id, index, start_ms, end_ms, received_at_ms=received_at_ms)
+
+
+def test_a_segment_spanning_two_utterances_satisfies_only_one() -> None:
+    utterances = {"a": [Utterance(1_000, 2_000), Utterance(2_400, 3_000)]}
+    merged = result("a", 0, 850, 3_300)  # the VAD closed one segment over both
+
+    matching = bench.match_streams(utterances, [merged])
+
+    assert [(s, u) for s, u, _ in matching.pairs] == [("a", Utterance(1_000, 2_000))]
+    assert matching.lost == [("a", Utterance(2_400, 3_000))]
+    assert matching.unmatched == []
+
+
+def test_the_assignment_matches_as_many_utterances_as_possible() -> None:
+    # the first result overlaps the first utterance a little and the second one a lot; only the
+    # second result overlaps the second utterance: both utterances are matched, each once
+    utterances = [Utterance(0, 1_000), Utterance(1_100, 2_000)]
+    results = [result("a", 0, 900, 1_900), result("a", 1, 1_950, 2_300)]
+
+    assert bench.match_one_to_one(utterances, results) == [(0, 0), (1, 1)]
+
+
+def test_among_equal_counts_the_assignment_takes_the_most_overlap() -> None:
+    utterances = [Utterance(1_000, 2_000)]
+    results = [result("a", 0, 0, 1_100), result("a", 1, 1_050, 2_200)]
+
+    assert bench.match_one_to_one(utterances, results) == [(0, 1)]
+
+
+def test_results_that_only_touch_an_utterance_do_not_match_it() -> None:
+    assert bench.match_one_to_one([Utterance(1_000, 2_000)], [result("a", 0, 2_000, 2_500)]) == []
+
+
+def test_a_repeated_notice_is_a_duplicate_and_its_first_arrival_counts() -> None:
+    first = result("a", 0, 900, 2_300, received_at_ms=10_500)
+    repeat = result("a", 0, 900, 2_300, received_at_ms=12_000)
+    other_stream = result("b", 0, 900, 2_300, received_at_ms=11_000)
+
+    distinct, duplicates = bench.first_arrivals([repeat, first, other_stream])
+
+    assert duplicates == 1
+    assert sorted((r.key, r.received_at_ms) for r in distinct) == [
+        (("a", 0), 10_500),
+        (("b", 0), 11_000),
+    ]
+
+
+def test_unmatched_and_missing_results_are_counted() -> None:
+    utterances = {
+        "a": [Utterance(1_000, 2_000), Utterance(6_000, 7_000)],
+        "b": [Utterance(500, 1_500)],
+    }
+    results = [
+        result("a", 0, 850, 2_300),
+        result("a", 1, 4_000, 4_400),  # in the pause: matches nothing
+        # a's second utterance has no result: lost
+        result("b", 0, 400, 1_800),
+        result("c", 0, 100, 900),  # a stream that was never planned
+    ]
+
+    matching = bench.match_streams(utterances, results)
+
+    assert len(matching.pairs) == 2
+    assert matching.lost == [("a", Utterance(6_000, 7_000))]
+    assert sorted(r.key for r in matching.unmatched) == [("a", 1), ("c", 0)]
+
+
+def test_cross_check_names_results_missing_from_redis_the_topic_or_the_notices() -> None:
+    check = bench.cross_check(
+        notified={("a", 0), ("a", 1), ("b", 0)},
+        in_redis={("a", 0), ("b", 0), ("b", 1)},
+        on_topic={("a", 0), ("a", 1), ("b", 0), ("b", 1)},
+    )
+
+    assert (check.notified, check.in_redis, check.on_topic) == (3, 3, 4)
+    assert check.missing_from_redis == [("a", 1)]
+    assert check.missing_from_topic == []
+    assert check.not_notified == [("b", 1)]
+
+
+def test_latency_parts_sum_to_the_latency_beyond_the_hangover() -> None:
+    utterance_end_at_ms = 1_000_000.0  # wall clock of the utterance's last audio sample
+    hangover_ms = 300.0
+    event = EmotionEvent(
+        stream_id="a:customer",
+        segment_index=0,
+        start_ms=850,
+        end_ms=2_300,
+        label="neutral",
+        scores={"neutral": 1.0},
+        model_name="m",
+        model_version="1",
+        latency=LatencyBreakdown(vad_ms=2.0, queue_ms=30.0, inference_ms=8.0, total_ms=45.0),
+        # the VAD received the closing chunk 60 ms after the hangover ended
+        created_at_ms=int(utterance_end_at_ms + hangover_ms + 60 + 45),
+    )
+    received_at_ms = event.created_at_ms + 12.0
+    seen = bench.result_from_event(event, received_at_ms=received_at_ms)
+
+    parts = bench.latency_parts_ms(
+        seen, utterance_end_at_ms=utterance_end_at_ms, hangover_ms=hangover_ms
+    )
+    latency = bench.latency_ms(seen, utterance_end_at_ms=utterance_end_at_ms)
+
+    assert list(parts) == list(bench.LATENCY_PARTS)
+    assert parts == pytest.approx(
+        {
+            "audio_to_vad": 60.0,
+            "vad": 2.0,
+            "queue": 30.0,
+            "inference": 8.0,
+            "other": 5.0,
+            "publish": 12.0,
+        }
+    )
+    assert latency == pytest.approx(sum(parts.values()) + hangover_ms)
+    assert seen.stage_ms["total"] == 45.0  # the worker's own total, kept beside the parts
+
+
+def test_a_result_without_a_notice_has_no_latency() -> None:
+    seen = result("a", 0, 850, 2_300, received_at_ms=None)
+    assert bench.latency_ms(seen, utterance_end_at_ms=1_000.0) is None
+    assert "publish" not in bench.latency_parts_ms(
+        seen, utterance_end_at_ms=1_000.0, hangover_ms=300
+    )
+
+
+def test_plan_shape_gives_pauses_between_utterances_and_their_lengths() -> None:
+    shape = bench.plan_shape(
+        {
+            "a": [Utterance(5_000, 6_000), Utterance(1_000, 3_000)],  # any order
+            "b": [Utterance(2_000, 2_500)],
+        }
+    )
+
+    assert shape.pauses_s == bench.Spread(1, 2.0, 2.0, 2.0)
+    assert shape.utterances_s == bench.Spread(3, 0.5, 1.0, 2.0)
+    assert bench.spread([]) == bench.Spread(0, None, None, None)
+
+
+def test_planned_streams_are_reproducible_and_keep_their_pauses() -> None:
+    plans = bench.plan_streams(3, 30.0, pause_s=(4.0, 6.0), seed=7)
+    again = bench.plan_streams(3, 30.0, pause_s=(4.0, 6.0), seed=7)
+    other = bench.plan_streams(3, 30.0, pause_s=(4.0, 6.0), seed=8)
+
+    assert [p.utterances for p in plans] == [p.utterances for p in again]
+    assert [p.utterances for p in plans] != [p.utterances for p in other]
+    shape = bench.plan_shape({p.stream_id: p.utterances for p in plans})
+    assert shape.pauses_s.count > 0
+    assert (
+        4.0 <= shape.pauses_s.min
+        and shape.pauses_s.max <= 6.0 + 2 * bench.UTTERANCE_MARGIN_MS / 1000
+    )
+    assert all(u.end_ms <= 30_000 - 1_000 for p in plans for u in p.utterances)
+
+
+def test_seed_spread_over_runs_of_one_stream_count() -> None:
+    def report(p50: float | None, p95: float | None, lost: int) -> dict:
+        return {
+            "beyond_hangover_ms": {50: p50, 95: p95},
+            "lost": lost,
+            "unmatched_results": 0,
+            "duplicates": 1,
+            "cpu_ms_per_stream_s": {"workers": 3.0},
+        }
+
+    figures = bench.seed_spread([report(200, 250, 0), report(210, 290, 2), report(None, None, 5)])
+
+    assert figures["p95_beyond_hangover_ms"] == bench.Spread(2, 250.0, 270.0, 290.0)
+    assert figures["lost"] == bench.Spread(3, 0.0, 2.0, 5.0)
+    assert figures["duplicates"].max == 1.0
+
+
+def test_png_is_written_with_a_run_that_has_no_latency(tmp_path: Path) -> None:
+    reports = [
+        {"streams": 4, "lost": 0, "beyond_hangover_ms": {50: 200.0, 95: 250.0}},
+        {"streams": 8, "lost": 0, "beyond_hangover_ms": {50: 210.0, 95: 260.0}},
+        {"streams": 8, "lost": 3, "beyond_hangover_ms": {50: None, 95: None}},
+    ]
+    path = tmp_path / "latency.png"
+
+    bench.write_png(path, reports, target_p95_ms=300.0, title="test")
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def event(stream_id: str, index: int, start_ms: float, end_ms: float) -> EmotionEvent:
+    return EmotionEvent(
+        stream_id=stream_id,
+        segment_index=index,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        label="neutral",
+        scores={"neutral": 1.0},
+        model_name="m",
+        model_version="1",
+    )
+
+
+def test_a_run_is_counted_against_redis_and_the_topic_as_well_as_the_notices() -> None:
+    utterances = {
+        "a": [Utterance(1_000, 2_000), Utterance(6_000, 7_000)],
+        "b": [Utterance(500, 1_500)],
+    }
+    origin_s = 1_000.0  # audio time 0 of every stream, wall clock
+    notices = [
+        result("a", 0, 850, 2_300, received_at_ms=1_000_000 + 2_000 + 450),
+        result("a", 0, 850, 2_300, received_at_ms=1_000_000 + 2_000 + 900),  # repeated notice
+        result("b", 0, 400, 1_800, received_at_ms=1_000_000 + 1_500 + 500),
+    ]
+    a0, a1, b0 = event("a", 0, 850, 2_300), event("a", 1, 5_850, 7_300), event("b", 0, 400, 1_800)
+    stored = [a0, a1]  # b's result never reached Redis
+    on_topic = [a0, a1, a1, b0]  # a's second result was sent twice (a replay); nobody notified it
+
+    counted = bench.count_results(utterances, notices, stored=stored, on_topic=on_topic)
+    samples = bench.latency_samples(
+        counted.matching.pairs, origins_s={"a": origin_s, "b": origin_s}, hangover_ms=300.0
+    )
+
+    assert counted.matching.lost == [] and counted.matching.unmatched == []
+    assert counted.duplicates == 1 and counted.topic_duplicates == 1
+    assert counted.check is not None
+    assert counted.check.missing_from_redis == [("b", 0)]
+    assert counted.check.missing_from_topic == []
+    assert counted.check.not_notified == [("a", 1)]
+    # latency only where a notice came, from its first arrival
+    assert sorted(samples.latencies_ms) == pytest.approx([450.0, 500.0])
+
+
+def test_without_redis_and_topic_only_the_notices_count() -> None:
+    utterances = {"a": [Utterance(1_000, 2_000)]}
+
+    counted = bench.count_results(utterances, [], stored=None, on_topic=None)
+
+    assert counted.check is None
+    assert counted.matching.lost == [("a", Utterance(1_000, 2_000))]
