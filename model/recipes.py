@@ -82,7 +82,7 @@ class TrainingRecipe:
                    decay_every_epochs=max(1, round(cls.decay_every_epochs * scale)), **overrides)
 
 
-def production_recipe(epochs: int = 100, **overrides: object) -> TrainingRecipe:
+def production_recipe(epochs: int = 60, **overrides: object) -> TrainingRecipe:
     """Ours: standard Adam with decoupled weight decay at 3x the thesis's learning rate, warm-up +
     cosine to zero, light label smoothing, and random offsets of the clip in its window (~0.5 s either
     way, for VAD segments whose speech starts anywhere). Mixup and SpecAugment masks are available

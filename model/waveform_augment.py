@@ -16,6 +16,7 @@ import librosa
 import numpy as np
 from emostream.model.g711 import mulaw_decode, mulaw_encode
 
+PRODUCTION_VARIANTS = ("speed-0.9", "speed-1.1", "noise-20db", "telephony", "crop")  # the production recipe's bank
 TELEPHONE_RATE_HZ = 8_000
 CROP_S = (0.5, 3.0)
 TRIM_TOP_DB = 40.0  # what counts as the speech of a clip for `crop`

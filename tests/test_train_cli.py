@@ -89,3 +89,18 @@ def test_a_resume_from_another_recipe_is_refused_by_name(corpus: Path, tmp_path:
                      "--eager", "--quiet", "--workers", "1", "--name", "x", "--out", str(out))
     assert done.returncode == 2
     assert f"error: {state}: written for another recipe ('0123'" in done.stderr
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    (["--recipe", "production"], ["speed-0.9", "speed-1.1", "noise-20db", "telephony", "crop"]),
+    (["--recipe", "production", "--waveform-variants", "none"], None),
+    (["--recipe", "production", "--waveform-variants", "telephony"], ["telephony"]),
+    (["--recipe", "thesis"], None),
+])
+def test_the_production_recipe_trains_on_its_waveform_bank_unless_told_otherwise(
+        arguments: list[str], expected: list[str] | None) -> None:
+    from emostream.workers.cli import build_parser
+    from emostream.workers.cli.commands.train import _waveform_variants
+
+    args = build_parser().parse_args(["train", "--data", "corpus", "--name", "m", "--out", "out", *arguments])
+    assert _waveform_variants(args) == expected
