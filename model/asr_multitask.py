@@ -146,13 +146,29 @@ def load_ctc_encoder(model: AsrMultitaskTransformer, ctc_state: dict[str, torch.
     return sorted(missing)
 
 
+@dataclass(frozen=True)
+class CnnBlstmSaConfig:
+    """Defaults: the paper's baseline (section 4.2)."""
+
+    n_mels: int = 80
+    num_classes: int = 4
+    channels: int = 128
+    hidden: int = 128  # per direction
+    heads: int = 8
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
 class CnnBlstmSa(nn.Module):
     """The paper's baseline: two (128-channel conv 3x3 + ReLU + max-pool 3) blocks, two BLSTM layers of
     128 per direction, 8-head self-attention pooling to one vector (a learnt query), a classifier."""
 
-    def __init__(self, n_mels: int = 80, num_classes: int = 4, channels: int = 128, hidden: int = 128,
-                 heads: int = 8) -> None:
+    def __init__(self, config: CnnBlstmSaConfig) -> None:
         super().__init__()
+        self.config = config
+        n_mels, num_classes, channels, hidden, heads = (config.n_mels, config.num_classes, config.channels,
+                                                        config.hidden, config.heads)
         self.cnn = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3),
                                  nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3))
         self.blstm = nn.LSTM(channels * (n_mels // 9), hidden, num_layers=2, batch_first=True, bidirectional=True)

@@ -25,7 +25,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(model: PLBNet, card: ModelCard, folder: Path) -> ModelCard:
+def save_checkpoint(model: torch.nn.Module, card: ModelCard, folder: Path) -> ModelCard:
     """Write weights + card; the card's weights_file and weights_sha256 are filled in here."""
     folder.mkdir(parents=True, exist_ok=True)
     weights_path = folder / WEIGHTS_FILE
@@ -46,20 +46,31 @@ def read_card(folder: Path) -> ModelCard:
         raise CheckpointError(f"{card_path}: not a valid model card ({error})") from None
 
 
+def verified_file(folder: Path, file_name: str, expected_sha256: str, what: str = "weights") -> Path:
+    """`folder / file_name`, after checking it exists and its sha256 is the expected one."""
+    path = folder / file_name
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: {what} file {file_name} missing")
+    actual = sha256_of(path)
+    if actual != expected_sha256:
+        raise CheckpointError(f"{path}: sha256 {actual[:12]}... does not match the card's "
+                              f"{expected_sha256[:12]}...")
+    return path
+
+
+def load_weights(folder: Path, card: ModelCard) -> dict[str, torch.Tensor]:
+    """The card's weights, verified against its sha256."""
+    return load_file(str(verified_file(folder, card.weights_file, card.weights_sha256)))
+
+
 def load_plb(folder: Path) -> tuple[PLBNet, ModelCard]:
     """Load a PLB checkpoint, verifying the weights' sha256 against the card."""
     card = read_card(folder)
-    weights_path = folder / card.weights_file
-    if not weights_path.is_file():
-        raise CheckpointError(f"{folder}: weights file {card.weights_file} missing")
-    actual = sha256_of(weights_path)
-    if actual != card.weights_sha256:
-        raise CheckpointError(f"{weights_path}: sha256 {actual[:12]}... does not match the card's "
-                              f"{card.weights_sha256[:12]}...")
+    weights = load_weights(folder, card)
     options = {k: v for k, v in card.architecture_options.items() if k in PLBConfig.__dataclass_fields__}
     config = PLBConfig(**{**options, "num_classes": len(card.labels)})
     model = PLBNet(config)
-    model.load_state_dict(load_file(str(weights_path)))
+    model.load_state_dict(weights)
     model.eval()
     return model, card
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 THESIS_EFFECTIVE_EPOCHS = 110  # lr 1e-3 to epoch 70, then x0.15 at 70, 90, 110: negligible after
-SCHEDULES = ("thesis-step", "warmup-cosine")
+SCHEDULES = ("thesis-step", "warmup-cosine", "constant")
 # Fields that do not change what a resumed run computes; everything else must match the saved state.
 _RESUME_NEUTRAL = {"checkpoint_every_epochs", "eval_every_epochs", "compile", "name"}
 
@@ -26,7 +26,7 @@ class TrainingRecipe:
     beta2: float = 0.93
     epsilon: float = 1e-8
     weight_decay: float = 0.0  # decoupled (AdamW); 0 is exactly Adam
-    schedule: str = "thesis-step"
+    schedule: str = "thesis-step"  # or warmup-cosine, or constant (the ASR-multitask paper names none)
     decay_after_epoch: int = 50  # thesis-step: lr constant for epochs 0..69, x0.15 at 70, 90, ...
     decay_every_epochs: int = 20
     decay_factor: float = 0.15
@@ -63,8 +63,8 @@ class TrainingRecipe:
     def fingerprint(self) -> str:
         """Identity of what the recipe computes; a training state resumes only under the same one."""
         relevant = {k: v for k, v in self.to_dict().items() if k not in _RESUME_NEUTRAL}
-        if self.schedule == "thesis-step":
-            relevant.pop("epochs")  # the step schedule does not depend on the run's length
+        if self.schedule in ("thesis-step", "constant"):
+            relevant.pop("epochs")  # these schedules do not depend on the run's length
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -96,11 +96,40 @@ def production_recipe(epochs: int = 60, **overrides: object) -> TrainingRecipe:
 RECIPES = {"thesis": TrainingRecipe.for_epochs, "production": production_recipe}
 
 
+# The ASR-multitask paper's recipes (seed 001, section 4.2): Adam with weight decay 1e-6; the paper
+# names no schedule or betas, so the learning rate is constant and the betas are Adam's defaults.
+def asr_pretraining_recipe(epochs: int = 25, **overrides: object) -> TrainingRecipe:
+    """CTC pre-training: lr 3e-4, weight decay 1e-6, batch 64, 25 passes over the corpus."""
+    recipe = TrainingRecipe(name="asr-pretraining", epochs=epochs, batch_size=64, learning_rate=3e-4, beta1=0.9,
+                            beta2=0.999, weight_decay=1e-6, schedule="constant")
+    return replace(recipe, **overrides)  # type: ignore[arg-type]
+
+
+def asr_finetuning_recipe(epochs: int = 20, **overrides: object) -> TrainingRecipe:
+    """Multitask fine-tuning (and the transformer from scratch): lr 1e-4, weight decay 1e-6, batch 32, 20 epochs."""
+    recipe = TrainingRecipe(name="asr-finetuning", epochs=epochs, batch_size=32, learning_rate=1e-4, beta1=0.9,
+                            beta2=0.999, weight_decay=1e-6, schedule="constant")
+    return replace(recipe, **overrides)  # type: ignore[arg-type]
+
+
+def baseline_recipe(epochs: int = 20, **overrides: object) -> TrainingRecipe:
+    """The CNN-BLSTM-SA baseline: lr 1e-4, weight decay 1e-6, batch 40, 20 epochs."""
+    recipe = TrainingRecipe(name="cnn-blstm-sa", epochs=epochs, batch_size=40, learning_rate=1e-4, beta1=0.9,
+                            beta2=0.999, weight_decay=1e-6, schedule="constant")
+    return replace(recipe, **overrides)  # type: ignore[arg-type]
+
+
+ASR_RECIPES = {"asr-pretraining": asr_pretraining_recipe, "asr-finetuning": asr_finetuning_recipe,
+               "cnn-blstm-sa": baseline_recipe}
+
+
 def learning_rate_factor(epoch: int, recipe: TrainingRecipe) -> float:
     """Multiplier of the initial learning rate in `epoch` (0-based)."""
     if recipe.schedule == "thesis-step":
         decays = max(0, (epoch - recipe.decay_after_epoch) // recipe.decay_every_epochs)
         return recipe.decay_factor**decays
+    if recipe.schedule == "constant":
+        return 1.0
     if epoch < recipe.warmup_epochs:
         return (epoch + 1) / (recipe.warmup_epochs + 1)
     span = max(1, recipe.epochs - recipe.warmup_epochs)

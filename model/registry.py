@@ -25,7 +25,15 @@ def _load_plb(folder: Path) -> EmotionModel:
     return PLBEmotionModel(folder)
 
 
-LOADERS: dict[str, Callable[[Path], EmotionModel]] = {"plb": _load_plb}
+def _load_asr_multitask(folder: Path) -> EmotionModel:
+    from emostream.model.asr_model import AsrMultitaskEmotionModel
+
+    return AsrMultitaskEmotionModel(folder)
+
+
+# the baseline is served by the same class (log-mel in, emotion scores out, no transcript)
+LOADERS: dict[str, Callable[[Path], EmotionModel]] = {"plb": _load_plb, "asr-multitask": _load_asr_multitask,
+                                                      "cnn-blstm-sa": _load_asr_multitask}
 
 
 class UnknownModelError(LookupError):

@@ -1,6 +1,10 @@
 """The one training engine: preloaded tensors, a compiled optimiser step, no host sync inside an
 epoch, checkpoints that resume to the same weights as an uninterrupted run.
 
+`run_training` is the engine; a `TrainingTask` says what it trains on (PLB's fixed windows:
+`ClassificationTask`; the ASR-multitask model's padded variable-length utterances:
+model/asr_training.py).
+
 Recipes (what to train with) are in `model/recipes.py`; batch augmentation in `model/augment.py`.
 """
 
@@ -8,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +38,17 @@ class TrainingStateError(ValueError):
 class EpochRecord:
     epoch: int
     loss: float
-    train_accuracy: float
+    train_accuracy: float | None  # None where the task predicts no class (CTC pre-training)
     learning_rate: float
     seconds: float
     eval_accuracy: float | None = None
+    losses: dict[str, float] | None = None  # named loss terms (e.g. cross-entropy and CTC), mean per step
 
-    def to_dict(self) -> dict[str, float | int | None]:
-        return dict(self.__dict__)
+    def to_dict(self) -> dict[str, object]:
+        record = dict(self.__dict__)
+        if record["losses"] is None:
+            del record["losses"]  # single-loss tasks keep their records as they were
+        return record
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -102,33 +111,118 @@ def _load_state(path: Path, device: torch.device, identity: dict[str, str]) -> d
     return state
 
 
+class TrainingTask(ABC):
+    """What one run trains: its data, preloaded on the device, how a batch is cut from it, and the
+    loss of a batch. The engine (`run_training`) owns the rest: optimiser, schedule, shuffling,
+    the compiled step, the once-per-epoch host read, checkpoints and exact resume.
+
+    PLB's fixed-window classification is `ClassificationTask`; the ASR-multitask model's
+    variable-length tasks (padding + lengths) are in model/asr_training.py.
+    """
+
+    examples: int  # training examples; each epoch shuffles range(examples) and drops the remainder
+    counts_correct: bool = True  # `loss` counts correct predictions (False: train_accuracy is None)
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The task's own random streams (augmentation, variants): saved in the training state."""
+        return {}
+
+    @abstractmethod
+    def identity(self) -> dict[str, str]:
+        """What a resume must find unchanged besides the recipe and the model: at least "data"."""
+
+    def begin_epoch(self) -> None:
+        """Per-epoch draws, after the epoch's shuffle (e.g. one feature-bank variant per clip)."""
+
+    @abstractmethod
+    def batch(self, indices: torch.Tensor, host_indices: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """The inputs of one optimiser step for these examples (`indices` on the device, the same on
+        the host for shape decisions that must not sync)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, *batch: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss to minimise, correct predictions in the batch (a 0-dim tensor), named loss terms
+        recorded per epoch). Runs inside the compiled step: tensor operations only."""
+
+    def evaluate(self, model: nn.Module) -> float | None:
+        """Accuracy on the task's eval set, if it has one; must not touch any random state."""
+        return None
+
+
+class ClassificationTask(TrainingTask):
+    """PLB's task: fixed-size (frames, coefficients) windows, a feature bank of waveform variants,
+    batch augmentation (model/augment.py), soft cross-entropy."""
+
+    def __init__(self, model: nn.Module, features: np.ndarray, label_ids: np.ndarray, num_classes: int,
+                 recipe: TrainingRecipe, device: torch.device,
+                 eval_set: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        fill = model.input_fill_value() if hasattr(model, "input_fill_value") else None
+        self.augmenter = BatchAugmenter(recipe, num_classes, seed=recipe.seed + 1, mask_fill=fill)
+        self.variant_draw = torch.Generator().manual_seed(recipe.seed + 2)
+        self.fingerprint = data_fingerprint(features, label_ids)
+        bank = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+        self.bank = bank.unsqueeze(1) if bank.ndim == 3 else bank  # one variant: the clips as they are
+        self.targets = torch.from_numpy(np.asarray(label_ids, dtype=np.int64)).to(device)
+        self.examples = len(self.targets)
+        self.device = device
+        self.eval_set = eval_set
+        self.chosen = torch.zeros(self.examples, dtype=torch.long, device=device)
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"augment": self.augmenter.generator, "variants": self.variant_draw}
+
+    def identity(self) -> dict[str, str]:
+        return {"data": self.fingerprint}
+
+    def begin_epoch(self) -> None:
+        self.chosen = torch.randint(self.bank.shape[1], (self.examples,), generator=self.variant_draw).to(self.device)
+
+    def batch(self, indices: torch.Tensor, host_indices: np.ndarray) -> tuple[torch.Tensor, ...]:
+        inputs, soft_targets = self.augmenter(self.bank[indices, self.chosen[indices]].unsqueeze(1),
+                                              self.targets[indices])
+        return inputs, soft_targets, self.targets[indices]
+
+    def loss(self, model: nn.Module, *batch: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        inputs, soft_targets, hard_targets = batch
+        logits = model(inputs)
+        return (soft_cross_entropy(logits, soft_targets), (logits.detach().argmax(dim=1) == hard_targets).sum(),
+                {})
+
+    def evaluate(self, model: nn.Module) -> float | None:
+        if self.eval_set is None:
+            return None
+        predicted = predict_logits(model, self.eval_set[0], self.device).argmax(axis=1)
+        return float(np.mean(predicted == self.eval_set[1]))
+
+
 class _Stepper:
     """One optimiser step, compiled where torch.compile works here, eager (with the reason logged) where not."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, compile_step: bool) -> None:
+    def __init__(self, model: nn.Module, task: TrainingTask, optimizer: torch.optim.Optimizer,
+                 compile_step: bool) -> None:
         self.model = model
+        self.task = task
         self.optimizer = optimizer
         self.compiled: Callable | None = torch.compile(self._step) if compile_step else None
         self.mode = "compiled" if compile_step else "eager"
 
-    def _step(self, inputs: torch.Tensor, targets: torch.Tensor, hard_targets: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(inputs)
-        loss = soft_cross_entropy(logits, targets)
+    def _step(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        loss, correct, terms = self.task.loss(self.model, *batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.detach(), (logits.detach().argmax(dim=1) == hard_targets).sum()
+        return loss.detach(), correct, {name: term.detach() for name, term in terms.items()}
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, hard_targets: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         if self.compiled is not None:
             try:
-                return self.compiled(inputs, targets, hard_targets)
+                return self.compiled(*batch)
             except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
                 log.warning("torch.compile failed (%s: %s); training eagerly", type(error).__name__, error)
                 self.compiled, self.mode = None, "eager (compile failed)"
-        return self._step(inputs, targets, hard_targets)
+        return self._step(*batch)
 
 
 def train_network(
@@ -147,20 +241,37 @@ def train_network(
     """Train `model` in place on (clips, frames, coefficients) features; resumes from `state_path`.
 
     A feature bank (clips, variants, frames, coefficients) trains on one variant per clip per epoch,
-    drawn uniformly (model/waveform_augment.py). Every epoch shuffles with its own generator and drops the last partial batch (static shapes for
-    the compiled step; a different remainder each epoch). Loss and accuracy accumulate on the device
-    and are read once per epoch. `eval_set` (features, labels) records a learning curve every
+    drawn uniformly (model/waveform_augment.py). `eval_set` (features, labels) records a learning
+    curve every `recipe.eval_every_epochs`. See `run_training` for the rest.
+    """
+    model.to(device)
+    task = ClassificationTask(model, features, label_ids, num_classes, recipe, device, eval_set)
+    return run_training(model, task, recipe, device, state_path, progress, description, on_epoch_end)
+
+
+def run_training(
+    model: nn.Module,
+    task: TrainingTask,
+    recipe: TrainingRecipe,
+    device: torch.device,
+    state_path: Path | None = None,
+    progress: bool = True,
+    description: str = "train",
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> list[EpochRecord]:
+    """The engine: train `model` in place on `task` with `recipe`; resumes from `state_path`.
+
+    Every epoch shuffles with its own generator and drops the last partial batch (static batch size
+    for the compiled step; a different remainder each epoch). Loss, correct counts and loss terms
+    accumulate on the device and are read once per epoch. The task's eval (if any) runs every
     `recipe.eval_every_epochs` without touching any random state, so it never changes the weights.
     """
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, betas=(recipe.beta1, recipe.beta2),
                                   eps=recipe.epsilon, weight_decay=recipe.weight_decay)
     shuffle = torch.Generator().manual_seed(recipe.seed)
-    fill = model.input_fill_value() if hasattr(model, "input_fill_value") else None
-    augmenter = BatchAugmenter(recipe, num_classes, seed=recipe.seed + 1, mask_fill=fill)
-    variant_draw = torch.Generator().manual_seed(recipe.seed + 2)
-    generators = {"shuffle": shuffle, "augment": augmenter.generator, "variants": variant_draw}
-    identity = {"recipe": recipe.fingerprint(), "data": data_fingerprint(features, label_ids),
+    generators = {"shuffle": shuffle, **task.generators()}
+    identity = {"recipe": recipe.fingerprint(), **task.identity(),
                 "model": type(model).__name__ + ":" + json.dumps(getattr(model, "config", PLBConfig()).__dict__,
                                                                   sort_keys=True, default=str)}
     history: list[EpochRecord] = []
@@ -177,15 +288,12 @@ def train_network(
             torch.cuda.set_rng_state(state["cuda_rng"].cpu())
         history = [EpochRecord(**record) for record in state.get("history", [])]
         log.info("%s: resumed from %s at epoch %d", description, state_path, start_epoch)
-    bank = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
-    if bank.ndim == 3:
-        bank = bank.unsqueeze(1)  # one variant: the clips as they are
-    targets = torch.from_numpy(np.asarray(label_ids, dtype=np.int64)).to(device)
-    batch_size = min(recipe.batch_size, len(targets))
+    batch_size = min(recipe.batch_size, task.examples)
     if batch_size < 2:
-        raise ValueError(f"{description}: {len(targets)} training clips; BatchNorm needs batches of two or more")
-    steps = len(targets) // batch_size
-    stepper = _Stepper(model, optimizer, recipe.compile)
+        raise ValueError(f"{description}: {task.examples} training clips; training needs batches of two or more "
+                         "(BatchNorm)")
+    steps = task.examples // batch_size
+    stepper = _Stepper(model, task, optimizer, recipe.compile)
     epochs = tqdm(range(start_epoch, recipe.epochs), desc=description, disable=not progress,
                   initial=start_epoch, total=recipe.epochs)
     for epoch in epochs:
@@ -193,23 +301,32 @@ def train_network(
         for group in optimizer.param_groups:
             group["lr"] = recipe.learning_rate * learning_rate_factor(epoch, recipe)
         model.train()
-        order = torch.randperm(len(targets), generator=shuffle).to(device)
-        chosen = torch.randint(bank.shape[1], (len(targets),), generator=variant_draw).to(device)
+        host_order = torch.randperm(task.examples, generator=shuffle)
+        order = host_order.to(device)
+        host_order_array = host_order.numpy()
+        task.begin_epoch()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
+        term_sums: dict[str, torch.Tensor] = {}
         for step in range(steps):
-            batch = order[step * batch_size : (step + 1) * batch_size]
-            batch_inputs, batch_targets = augmenter(bank[batch, chosen[batch]].unsqueeze(1), targets[batch])
-            loss, hits = stepper(batch_inputs, batch_targets, targets[batch])
+            chosen = slice(step * batch_size, (step + 1) * batch_size)
+            loss, hits, terms = stepper(*task.batch(order[chosen], host_order_array[chosen]))
             loss_sum += loss
             correct += hits
-        record = EpochRecord(epoch=epoch, loss=float(loss_sum) / steps, train_accuracy=int(correct) / (steps * batch_size),
-                             learning_rate=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
-        if eval_set is not None and ((epoch + 1) % recipe.eval_every_epochs == 0 or epoch + 1 == recipe.epochs):
-            predicted = predict_logits(model, eval_set[0], device).argmax(axis=1)
-            record.eval_accuracy = float(np.mean(predicted == eval_set[1]))
+            for name, term in terms.items():
+                term_sums[name] = term_sums[name] + term if name in term_sums else term
+        # the epoch's one host read: loss, correct count and loss terms together
+        totals = torch.stack([loss_sum.double(), correct.double(), *(t.double() for t in term_sums.values())]).tolist()
+        record = EpochRecord(epoch=epoch, loss=totals[0] / steps,
+                             train_accuracy=int(totals[1]) / (steps * batch_size) if task.counts_correct else None,
+                             learning_rate=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started,
+                             losses={name: value / steps for name, value in zip(term_sums, totals[2:], strict=True)}
+                             or None)
+        if (epoch + 1) % recipe.eval_every_epochs == 0 or epoch + 1 == recipe.epochs:
+            record.eval_accuracy = task.evaluate(model)
         history.append(record)
-        epochs.set_postfix(loss=f"{record.loss:.3f}", acc=f"{record.train_accuracy:.3f}", step=stepper.mode)
+        epochs.set_postfix(loss=f"{record.loss:.3f}", step=stepper.mode,
+                           **({"acc": f"{record.train_accuracy:.3f}"} if record.train_accuracy is not None else {}))
         if not progress:
             log.info("%s epoch %d/%d %s: %s", description, epoch + 1, recipe.epochs, stepper.mode,
                      json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.to_dict().items()}))

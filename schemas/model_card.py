@@ -10,7 +10,8 @@ class FeatureSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: str = Field("mfcc", description="mfcc or logmel")
+    kind: str = Field("mfcc", description="mfcc, logmel (fixed window, dB), or logmel-utterance-mean (the "
+                      "ASR-multitask model's: natural-log mel, each band's utterance mean subtracted)")
     sample_rate_hz: int = Field(22_050, description="audio is resampled to this rate before features")
     n_coefficients: int = Field(39, description="MFCC coefficients (or mel bands)")
     n_fft: int = 2_048
@@ -18,7 +19,8 @@ class FeatureSettings(BaseModel):
     input_samples: int = Field(100_000, description="audio is zero-padded or cut to this many samples")
     long_input: str = Field(
         "windows",
-        description="longer audio: `windows` averages scores over input_samples windows; `trim` keeps the start",
+        description="longer audio: `windows` averages scores over input_samples windows; `trim` keeps the start; "
+        "`whole`: the model reads the whole utterance (input_samples unused)",
     )
     window_hop_samples: int = Field(50_000, description="hop between windows for long_input=windows")
     onset_lead_in_s: float | None = Field(

@@ -9,6 +9,7 @@ from emostream.model.asr_multitask import (
     AsrMultitaskConfig,
     AsrMultitaskTransformer,
     CnnBlstmSa,
+    CnnBlstmSaConfig,
     greedy_ctc_decode,
     load_ctc_encoder,
     multitask_loss,
@@ -88,7 +89,7 @@ def test_ctc_checkpoint_transfers_its_encoder_and_adds_the_emotion_parts() -> No
 
 
 def test_baseline_shapes() -> None:
-    model = CnnBlstmSa(num_classes=8).eval()
+    model = CnnBlstmSa(CnnBlstmSaConfig(num_classes=8)).eval()
     with torch.no_grad():
         logits = model(torch.randn(2, 300, 80), torch.tensor([300, 120]))
     assert logits.shape == (2, 8)

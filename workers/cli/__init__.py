@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "emostream.workers.cli.commands.models",
     "emostream.workers.cli.commands.evaluate",
     "emostream.workers.cli.commands.train",
+    "emostream.workers.cli.commands.asr",
     "emostream.workers.cli.commands.worker",
     "emostream.workers.cli.commands.report",
     "emostream.workers.cli.commands.up",

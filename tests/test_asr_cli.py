@@ -1,0 +1,63 @@
+"""`emostream asr-pretrain` / `asr-finetune`: a transcribed corpus folder in, an encoder folder and
+then a servable checkpoint out; bad input is one line naming the problem."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from emostream.model.asr_corpus import load_fsdd
+from emostream.workers.cli import main
+
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+pytestmark = pytest.mark.skipif(not (FSDD / "labels.csv").is_file(), reason=f"FSDD not found at {FSDD}")
+TINY = ["--set", "blocks=1", "--set", "d_model=32", "--set", "heads=2", "--set", "ffn_dim=64",
+        "--set", "subsampling_channels=8", "--eager", "--quiet", "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _corpus(folder: Path) -> Path:
+    """Eight FSDD clips (absolute paths), the speaker as the 'emotion' label."""
+    clips = [c for c in load_fsdd(FSDD) if c.speaker in ("george", "lucas") and c.transcript in ("one", "two")
+             and c.path.stem.rsplit("_", 1)[1] in ("0", "1")]
+    folder.mkdir()
+    with (folder / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "transcript", "speaker", "label"])
+        writer.writerows([str(c.path), c.transcript, c.speaker, c.speaker] for c in clips)
+    return folder
+
+
+def test_pretrain_then_finetune_writes_a_servable_transcribing_checkpoint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = _corpus(tmp_path / "corpus")
+    encoder = tmp_path / "encoder"
+    assert main(["asr-pretrain", "--data", str(corpus), "--out", str(encoder), "--vocabulary", "12",
+                 "--epochs", "2", "--batch-size", "4", *TINY]) == 0
+    pretrained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pretrained["utterances"] == 8 and pretrained["vocabulary"] == 12
+    assert {p.name for p in encoder.iterdir()} == {"ctc.json", "ctc.safetensors", "tokenizer.model"}
+
+    model = tmp_path / "model"
+    assert main(["asr-finetune", "--data", str(corpus), "--pretrained", str(encoder), "--out", str(model),
+                 "--name", "asr-tiny", "--epochs", "2", "--batch-size", "4", *TINY]) == 0
+    tuned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert tuned["architecture"] == "asr-multitask" and tuned["labels"] == ["george", "lucas"] and tuned["transcribes"]
+    card = json.loads((model / "card.json").read_text())
+    assert card["training"]["mode"] == "tl+mtl" and card["training"]["ctc_weight"] == 0.6
+    assert card["features"]["kind"] == "logmel-utterance-mean" and not (model / "training-state.pt").exists()
+
+
+def test_a_transfer_mode_without_an_encoder_is_one_error_line(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = _corpus(tmp_path / "corpus")
+    assert main(["asr-finetune", "--data", str(corpus), "--mode", "tl", "--out", str(tmp_path / "m"),
+                 "--name", "x", "--epochs", "1", *TINY]) == 2
+    assert "error: fine-tuning mode tl: needs a pre-trained CTC encoder" in capsys.readouterr().err
