@@ -94,7 +94,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 class _Stop(Exception):
-    """SIGTERM arrived: unwind and stop everything."""
+    """SIGTERM or SIGINT arrived: unwind and stop everything."""
 
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
@@ -138,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
         external=args.external,
     )
     previous_handler = signal.signal(signal.SIGTERM, _raise_stop)
+    # SIGINT too, explicitly: started in the background (`nohup emostream up &`, CI runners) a process
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+    previous_sigint_handler = signal.signal(signal.SIGINT, _raise_stop)
     code = 0
     try:
         began = time.monotonic()
@@ -175,11 +178,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         # a second Ctrl-C / SIGTERM must not interrupt the shutdown half-way
-        previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         signal.signal(signal.SIGTERM, previous_handler)
-        signal.signal(signal.SIGINT, previous_interrupt)
+        signal.signal(signal.SIGINT, previous_sigint_handler)
         print("stopped", file=sys.stderr, flush=True)
 
 
