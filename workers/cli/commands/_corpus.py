@@ -1,6 +1,11 @@
-"""Shared argument handling of the commands that read a labelled corpus (train, crossval, evaluate)."""
+"""Shared handling of the commands that read a labelled corpus (train, crossval, evaluate, asr-*):
+corpus arguments, --set overrides, progress logging and bad-input reporting."""
 
 import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from emostream.schemas.model_card import FeatureSettings
@@ -40,3 +45,48 @@ def corpus_table(args: argparse.Namespace, labels: list[str] | None = None,
     clips = load_corpus(args.data, args.labels, args.layout)
     return cached_features(clips, feature_settings(args), args.cache_dir, labels=labels, workers=args.workers,
                            variants=variants)
+
+
+def split_overrides(pairs: list[str], *dataclasses: type) -> list[dict[str, object]]:
+    """The --set FIELD=VALUE pairs split by the dataclass whose field they name (a field of several goes
+    to each); values are JSON where they parse."""
+    known = [set(cls.__dataclass_fields__) for cls in dataclasses]
+    chosen: list[dict[str, object]] = [{} for _ in dataclasses]
+    for pair in pairs:
+        name, separator, text = pair.partition("=")
+        owners = [i for i, fields in enumerate(known) if name in fields]
+        if not separator or not owners:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a field of "
+                             f"{', '.join(sorted(set().union(*known)))}")
+        try:
+            value: object = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        for i in owners:
+            chosen[i][name] = value
+    return chosen
+
+
+def log_progress(args: argparse.Namespace) -> None:
+    """With --quiet, one log line per epoch (what a detached job's log file needs)."""
+    if args.quiet:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def report_skipped(errors: list[str]) -> None:
+    for message in errors:
+        print(f"skipped: {message}", file=sys.stderr)
+
+
+def reporting_errors(handler: Callable[[argparse.Namespace], int],
+                     bad_input: Callable[[], tuple[type[Exception], ...]]) -> Callable[[argparse.Namespace], int]:
+    """Bad input (the errors `bad_input()` names: imported only when a command runs) is one line
+    naming the file and the problem, exit status 2; not a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        errors = bad_input()
+        try:
+            return handler(args)
+        except errors as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return run

@@ -3,8 +3,14 @@ recipes (seed 001; model/ASR_MULTITASK.md), beside `emostream train` for PLB."""
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from emostream.workers.cli.commands._corpus import (
+    log_progress,
+    report_skipped,
+    reporting_errors,
+    split_overrides,
+)
 
 NETWORK_SIZES = ("small", "paper")  # model/asr_multitask.py: SMALL (2 CPU cores) or the paper's 69 M
 
@@ -39,7 +45,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     _add_common(pretrain)
     pretrain.add_argument("--vocabulary", type=int, help="BPE pieces (default: the size's: 256 small, 5,000 "
                           "paper); a small corpus supports fewer, and the error says how many")
-    pretrain.set_defaults(handler=_reporting_errors(run_pretrain))
+    pretrain.set_defaults(handler=reporting_errors(run_pretrain, _bad_input))
 
     finetune = subcommands.add_parser("asr-finetune", help="emotion fine-tuning (TL+MTL, TL, scratch or the "
                                       "CNN-BLSTM-SA baseline) on a labelled, transcribed corpus")
@@ -50,53 +56,25 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     finetune.add_argument("--alpha", type=float, help="CTC weight of equation 8 (default 0.6 for tl+mtl, 0 else)")
     finetune.add_argument("--name", required=True, help="registry name, e.g. asr-ravdess8")
     finetune.add_argument("--version", default="1", help="model version (part of every result's idempotency key)")
-    finetune.set_defaults(handler=_reporting_errors(run_finetune))
+    finetune.set_defaults(handler=reporting_errors(run_finetune, _bad_input))
 
     synthesise = subcommands.add_parser("asr-synthesise", help="write a synthetic transcribed corpus with "
                                         "espeak-ng (varied voices, rates and pitches)")
     synthesise.add_argument("--out", type=Path, required=True, help="folder for the FLAC files and labels.csv")
     synthesise.add_argument("--utterances", type=int, default=1000)
     synthesise.add_argument("--seed", type=int, default=0)
-    synthesise.set_defaults(handler=_reporting_errors(run_synthesise))
+    synthesise.set_defaults(handler=reporting_errors(run_synthesise, _bad_input))
 
 
-def _reporting_errors(handler):
-    """Bad input (a corpus, checkpoint, tokenizer or training state that does not fit) is one line
-    naming the file and the problem, exit status 2; not a traceback."""
-    def run(args: argparse.Namespace) -> int:
-        from emostream.model.asr_corpus import AsrCorpusError
-        from emostream.model.checkpoint import CheckpointError
-        from emostream.model.synthetic_speech import EspeakNotInstalledError
-        from emostream.model.tokenizer import TokenizerError
-        from emostream.model.training import TrainingStateError
+def _bad_input() -> tuple[type[Exception], ...]:
+    """A corpus, checkpoint, tokenizer or training state that does not fit, or espeak-ng missing."""
+    from emostream.model.asr_corpus import AsrCorpusError
+    from emostream.model.checkpoint import CheckpointError
+    from emostream.model.synthetic_speech import EspeakNotInstalledError
+    from emostream.model.tokenizer import TokenizerError
+    from emostream.model.training import TrainingStateError
 
-        try:
-            return handler(args)
-        except (AsrCorpusError, CheckpointError, TokenizerError, TrainingStateError, EspeakNotInstalledError,
-                ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    return run
-
-
-def _overrides(pairs: list[str], *dataclasses: type) -> list[dict[str, object]]:
-    """The --set FIELD=VALUE pairs split by the dataclass whose field they name (JSON values where
-    they parse)."""
-    known = [set(cls.__dataclass_fields__) for cls in dataclasses]
-    chosen: list[dict[str, object]] = [{} for _ in dataclasses]
-    for pair in pairs:
-        name, separator, text = pair.partition("=")
-        owners = [i for i, fields in enumerate(known) if name in fields]
-        if not separator or not owners:
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a field of "
-                             f"{', '.join(sorted(set().union(*known)))}")
-        try:
-            value: object = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        for i in owners:
-            chosen[i][name] = value
-    return chosen
+    return AsrCorpusError, CheckpointError, TokenizerError, TrainingStateError, EspeakNotInstalledError, ValueError
 
 
 def _clips(args: argparse.Namespace, emotion_column: str | None):
@@ -114,18 +92,6 @@ def _threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))  # the cores it may use (taskset, cgroups)
 
 
-def _log_progress(args: argparse.Namespace) -> None:
-    if args.quiet:
-        import logging
-
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-
-
-def _report_skipped(errors: list[str]) -> None:
-    for message in errors:
-        print(f"skipped: {message}", file=sys.stderr)
-
-
 def run_pretrain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -134,8 +100,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from emostream.model.recipes import TrainingRecipe, asr_pretraining_recipe
 
     _threads(args)
-    _log_progress(args)
-    recipe_fields, network_fields = _overrides(args.set, TrainingRecipe, AsrMultitaskConfig)
+    log_progress(args)
+    recipe_fields, network_fields = split_overrides(args.set, TrainingRecipe, AsrMultitaskConfig)
     config = replace(SMALL if args.size == "small" else AsrMultitaskConfig(), **network_fields)  # type: ignore[arg-type]
     if args.vocabulary:
         config = replace(config, vocabulary=args.vocabulary)
@@ -143,7 +109,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
                                     **({"batch_size": args.batch_size} if args.batch_size else {}))
     path, errors = run_pretraining(_clips(args, None), config, recipe, args.out,
                                    args.describe_data or str(args.data), args.device, progress=not args.quiet)
-    _report_skipped(errors)
+    report_skipped(errors)
     description = json.loads(path.read_text())
     print(json.dumps({"folder": str(args.out), "utterances": description["training"]["utterances"],
                       "final_train_loss": description["training"]["final_train_loss"],
@@ -160,10 +126,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     from emostream.model.recipes import TrainingRecipe, asr_finetuning_recipe, baseline_recipe
 
     _threads(args)
-    _log_progress(args)
+    log_progress(args)
     mode = FineTuningMode(args.mode)
     network_class = CnnBlstmSaConfig if mode is FineTuningMode.BASELINE else AsrMultitaskConfig
-    recipe_fields, network_fields = _overrides(args.set, TrainingRecipe, network_class)
+    recipe_fields, network_fields = split_overrides(args.set, TrainingRecipe, network_class)
     if mode is FineTuningMode.BASELINE:
         config: AsrMultitaskConfig | CnnBlstmSaConfig = replace(CnnBlstmSaConfig(), **network_fields)  # type: ignore[arg-type]
         make_recipe = baseline_recipe
@@ -176,7 +142,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                                   version=args.version, data_description=args.describe_data or str(args.data),
                                   pretrained_folder=args.pretrained, config=config, ctc_weight=args.alpha,
                                   device=args.device, progress=not args.quiet)
-    _report_skipped(errors)
+    report_skipped(errors)
     print(json.dumps({"name": card.name, "version": card.version, "folder": str(args.out),
                       "architecture": card.architecture, "parameters": card.parameter_count,
                       "labels": card.labels, "transcribes": bool(card.architecture_options.get("transcribes"))}))

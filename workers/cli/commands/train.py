@@ -2,14 +2,16 @@
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
 from emostream.workers.cli.commands._corpus import (
     add_corpus_arguments,
     corpus_table,
     feature_settings,
+    log_progress,
+    report_skipped,
+    reporting_errors,
+    split_overrides,
 )
 
 
@@ -39,31 +41,12 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _overrides(args: argparse.Namespace, fields: set[str]) -> dict[str, object]:
-    """The --set FIELD=VALUE pairs that name one of `fields`; values are JSON where they parse."""
-    from emostream.model.plb import PLBConfig
-    from emostream.model.recipes import TrainingRecipe
-
-    known = set(TrainingRecipe.__dataclass_fields__) | set(PLBConfig.__dataclass_fields__)
-    chosen: dict[str, object] = {}
-    for pair in args.set:
-        name, separator, text = pair.partition("=")
-        if not separator or name not in known:
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a field of the recipe or network "
-                             f"({', '.join(sorted(known))})")
-        if name in fields:
-            try:
-                chosen[name] = json.loads(text)
-            except json.JSONDecodeError:
-                chosen[name] = text
-    return chosen
-
-
 def _recipe(args: argparse.Namespace):  # -> TrainingRecipe
+    from emostream.model.plb import PLBConfig
     from emostream.model.recipes import RECIPES, TrainingRecipe
 
     default_epochs = {"thesis": 300, "production": 60}[args.recipe]
-    overrides = _overrides(args, set(TrainingRecipe.__dataclass_fields__))
+    overrides, _ = split_overrides(args.set, TrainingRecipe, PLBConfig)
     return RECIPES[args.recipe](args.epochs or default_epochs, **{"batch_size": args.batch_size, "seed": args.seed,
                                                                    "compile": not args.eager, **overrides})
 
@@ -79,13 +62,16 @@ def _waveform_variants(args: argparse.Namespace) -> list[str] | None:
 
 def _network(args: argparse.Namespace, num_classes: int):  # -> PLBConfig
     from emostream.model.plb import PLBConfig
+    from emostream.model.recipes import TrainingRecipe
 
+    _, overrides = split_overrides(args.set, TrainingRecipe, PLBConfig)
+    overrides.pop("num_classes", None)
     features = feature_settings(args)
     default = {"thesis": "none", "production": "per-coefficient"}[args.recipe]
     return PLBConfig(**{"num_classes": num_classes, "input_frames": features.input_frames,
                         "input_coefficients": features.n_coefficients,
                         "input_normalisation": args.input_normalisation or default,
-                        **_overrides(args, set(PLBConfig.__dataclass_fields__) - {"num_classes"})})
+                        **overrides})
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -97,7 +83,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder; training resumes from it")
     train.add_argument("--describe-data", default="", help="text for the card's training.data")
     train.add_argument("--metrics-json", type=Path, help="cross-validation summaries (JSON object) for the card")
-    train.set_defaults(handler=_reporting_errors(run_train))
+    train.set_defaults(handler=reporting_errors(run_train, _bad_input))
 
     crossval = subcommands.add_parser("crossval", help="k-fold cross-validation of the recipe (resumable)")
     add_corpus_arguments(crossval)
@@ -108,34 +94,16 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     crossval.add_argument("--only-folds", type=int, nargs="*", help="run just these fold numbers (0-based)")
     crossval.add_argument("--out", type=Path, required=True, help="folder for per-fold JSON and summary.json")
     crossval.add_argument("--plot", type=Path, help="write the pooled confusion matrix as PNG")
-    crossval.set_defaults(handler=_reporting_errors(run_crossval))
+    crossval.set_defaults(handler=reporting_errors(run_crossval, _bad_input))
 
 
-def _reporting_errors(handler):
-    """Bad input (a corpus, feature table or training state that does not fit) is one line naming the
-    file and the problem, exit status 2; not a traceback."""
-    def run(args: argparse.Namespace) -> int:
-        from emostream.model.datasets import DatasetError
-        from emostream.model.feature_table import FeatureTableError
-        from emostream.model.training import TrainingStateError
+def _bad_input() -> tuple[type[Exception], ...]:
+    """A corpus, feature table or training state that does not fit."""
+    from emostream.model.datasets import DatasetError
+    from emostream.model.feature_table import FeatureTableError
+    from emostream.model.training import TrainingStateError
 
-        try:
-            return handler(args)
-        except (DatasetError, FeatureTableError, TrainingStateError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    return run
-
-
-def _log_progress(args: argparse.Namespace) -> None:
-    """With --quiet, one log line per epoch (what a detached job's log file needs)."""
-    if args.quiet:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-
-
-def _report_skipped(errors: list[str]) -> None:
-    for message in errors:
-        print(f"skipped: {message}", file=sys.stderr)
+    return DatasetError, FeatureTableError, TrainingStateError
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -145,9 +113,9 @@ def run_train(args: argparse.Namespace) -> int:
     from emostream.model.release import train_release
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset, cgroups)
-    _log_progress(args)
+    log_progress(args)
     table, errors = corpus_table(args, variants=_waveform_variants(args))
-    _report_skipped(errors)
+    report_skipped(errors)
     metrics = json.loads(args.metrics_json.read_text()) if args.metrics_json else None
     card = train_release(table, args.name, args.version, _recipe(args), args.out, feature_settings(args),
                          args.describe_data or str(args.data or args.features), args.device, metrics,
@@ -160,9 +128,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_crossval(args: argparse.Namespace) -> int:
     from emostream.model.crossval import run_crossval as crossval
 
-    _log_progress(args)
+    log_progress(args)
     table, errors = corpus_table(args, variants=_waveform_variants(args))
-    _report_skipped(errors)
+    report_skipped(errors)
     table_path = args.features
     if table_path is None:
         args.out.mkdir(parents=True, exist_ok=True)
