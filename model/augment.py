@@ -1,5 +1,5 @@
-"""Batch augmentation of model inputs in the training loop: random time offsets, SpecAugment masks,
-mixup, label smoothing.
+"""Batch augmentation of model inputs in the training loop: random gain, random time offsets,
+SpecAugment masks, mixup, label smoothing.
 
 Every random draw comes from one seeded generator whose state the training checkpoint keeps, so an
 augmented run resumes exactly. Inputs are (B, 1, frames, coefficients); targets leave as (B, K)
@@ -26,11 +26,24 @@ class BatchAugmenter:
     """What the recipe asks for, applied to one batch; the identity (one-hot targets) when nothing is."""
 
     def __init__(self, recipe: TrainingRecipe, num_classes: int, seed: int,
-                 mask_fill: torch.Tensor | None = None) -> None:
+                 mask_fill: torch.Tensor | None = None, shift_per_db: torch.Tensor | None = None) -> None:
+        if (recipe.gain_min_db or recipe.gain_max_db) and shift_per_db is None:
+            raise ValueError("recipe asks for gain augmentation but the features' shift per dB is unknown "
+                             "(a feature table without settings)")
         self.recipe = recipe
         self.num_classes = num_classes
         self.generator = torch.Generator().manual_seed(seed)
         self.mask_fill = mask_fill  # value masked cells take (broadcast to the input); zeros if None
+        self.shift_per_db = shift_per_db  # (coefficients,): features.input_shift_per_db
+
+    def gain(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Each clip as if its audio were gain_min_db..gain_max_db louder: a constant shift of its input."""
+        low, high = self.recipe.gain_min_db, self.recipe.gain_max_db
+        if not (low or high):
+            return inputs
+        assert self.shift_per_db is not None
+        gains_db = low + (high - low) * torch.rand(len(inputs), 1, 1, 1, generator=self.generator)
+        return inputs + (gains_db * self.shift_per_db).to(inputs.device)
 
     def targets(self, label_ids: torch.Tensor) -> torch.Tensor:
         smoothing = self.recipe.label_smoothing
@@ -73,4 +86,4 @@ class BatchAugmenter:
                 weight * targets + (1 - weight) * targets[partner])
 
     def __call__(self, inputs: torch.Tensor, label_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mixup(self.masks(self.shift(inputs)), self.targets(label_ids))
+        return self.mixup(self.masks(self.shift(self.gain(inputs))), self.targets(label_ids))

@@ -74,7 +74,7 @@ def run_fold(job: FoldJob) -> dict[str, object]:
     model, history = train_plb(
         table.features[train], table.label_ids[train], config, job.recipe, device,
         state_path=out_dir / f"fold-{job.fold:02d}.state.pt", progress=job.progress, description=f"fold {job.fold}",
-        eval_set=(table.original_features()[test], table.label_ids[test]),
+        eval_set=(table.original_features()[test], table.label_ids[test]), shift_per_db=table.input_shift_per_db(),
     )
     from safetensors.torch import save_file
 

@@ -16,9 +16,9 @@ import librosa
 import numpy as np
 import scipy.fft
 import torch
+from emostream.model.features import MFCC_MEL_BANDS
 from emostream.schemas.model_card import FeatureSettings
 
-MFCC_MEL_BANDS = 128  # librosa.feature.mfcc's default n_mels
 POWER_FLOOR = 1e-10  # power_to_db's amin
 DYNAMIC_RANGE_DB = 80.0  # power_to_db's top_db
 

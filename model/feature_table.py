@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from emostream.model.features import input_shift_per_db
 from emostream.schemas.model_card import FeatureSettings
 
 
@@ -34,6 +35,10 @@ class FeatureTable:
     def original_features(self) -> np.ndarray:
         """(clips, frames, coefficients): the clips as they are (what evaluation scores)."""
         return self.features[:, 0] if self.variants is not None else self.features
+
+    def input_shift_per_db(self) -> np.ndarray | None:
+        """What 1 dB of gain adds to each coefficient (for gain augmentation); None without settings."""
+        return None if self.settings is None else input_shift_per_db(self.settings)
 
     def save(self, path: Path) -> None:
         settings = json.dumps(self.settings.model_dump(mode="json")) if self.settings else ""

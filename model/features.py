@@ -40,6 +40,26 @@ def window_starts(length_samples: int, settings: FeatureSettings) -> list[int]:
     return starts
 
 
+MFCC_MEL_BANDS = 128  # librosa.feature.mfcc's default n_mels
+
+
+def input_shift_per_db(settings: FeatureSettings) -> np.ndarray:
+    """What 1 dB more gain on the audio adds to each input coefficient: float32 (coefficients,).
+
+    Every mel band's dB level rises by the gain (power_to_db's 80 dB floor is relative to the window's
+    loudest bin, so it rises too); the orthonormal DCT turns that into MFCC 0 rising by sqrt(bands) and
+    the other coefficients unchanged. So a gain is exactly a constant shift of the input, which the
+    training loop applies as gain augmentation (recipe gain_min_db / gain_max_db) without audio work.
+    """
+    if settings.kind == "mfcc":
+        shift = np.zeros(settings.n_coefficients, dtype=np.float32)
+        shift[0] = np.sqrt(MFCC_MEL_BANDS)
+        return shift
+    if settings.kind == "logmel":
+        return np.ones(settings.n_coefficients, dtype=np.float32)
+    raise ValueError(f"feature kind {settings.kind!r} not supported; use mfcc or logmel")
+
+
 def mfcc_frames(audio: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     """MFCC of exactly `input_samples` of audio at the feature rate: float32 (frames, coefficients)."""
     fitted = fit_length(audio, settings.input_samples)

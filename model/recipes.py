@@ -38,6 +38,8 @@ class TrainingRecipe:
     time_mask_frames: int = 0
     coefficient_masks: int = 0  # SpecAugment: masks of up to coefficient_mask_width coefficients each
     coefficient_mask_width: int = 0
+    gain_min_db: float = 0.0  # each clip played this many dB louder (or quieter, negative), drawn uniformly
+    gain_max_db: float = 0.0  # from [gain_min_db, gain_max_db] per clip per batch; both 0 = off
     seed: int = 0
     checkpoint_every_epochs: int = 10
     eval_every_epochs: int = 10  # learning curve on an eval set, when one is given
@@ -48,6 +50,8 @@ class TrainingRecipe:
             raise ValueError(f"recipe schedule {self.schedule!r} unknown; use one of {', '.join(SCHEDULES)}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"recipe needs epochs >= 1 and batch_size >= 2 (got {self.epochs}, {self.batch_size})")
+        if self.gain_min_db > self.gain_max_db:
+            raise ValueError(f"recipe gain_min_db {self.gain_min_db} is above gain_max_db {self.gain_max_db}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

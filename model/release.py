@@ -28,7 +28,8 @@ def train_release(
     config = config or PLBConfig(num_classes=len(table.labels))
     out_folder.mkdir(parents=True, exist_ok=True)
     model, history = train_plb(table.features, table.label_ids, config, recipe, pick_device(device),
-                               state_path=out_folder / "training-state.pt", progress=progress, description=name)
+                               state_path=out_folder / "training-state.pt", progress=progress, description=name,
+                               shift_per_db=table.input_shift_per_db())
     card = ModelCard(
         name=name,
         version=version,

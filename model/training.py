@@ -156,9 +156,11 @@ class ClassificationTask(TrainingTask):
 
     def __init__(self, model: nn.Module, features: np.ndarray, label_ids: np.ndarray, num_classes: int,
                  recipe: TrainingRecipe, device: torch.device,
-                 eval_set: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 eval_set: tuple[np.ndarray, np.ndarray] | None = None,
+                 shift_per_db: np.ndarray | None = None) -> None:
         fill = model.input_fill_value() if hasattr(model, "input_fill_value") else None
-        self.augmenter = BatchAugmenter(recipe, num_classes, seed=recipe.seed + 1, mask_fill=fill)
+        self.augmenter = BatchAugmenter(recipe, num_classes, seed=recipe.seed + 1, mask_fill=fill,
+                                        shift_per_db=None if shift_per_db is None else torch.from_numpy(shift_per_db))
         self.variant_draw = torch.Generator().manual_seed(recipe.seed + 2)
         self.fingerprint = data_fingerprint(features, label_ids)
         bank = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
@@ -237,15 +239,17 @@ def train_network(
     description: str = "train",
     eval_set: tuple[np.ndarray, np.ndarray] | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    shift_per_db: np.ndarray | None = None,
 ) -> list[EpochRecord]:
     """Train `model` in place on (clips, frames, coefficients) features; resumes from `state_path`.
 
     A feature bank (clips, variants, frames, coefficients) trains on one variant per clip per epoch,
     drawn uniformly (model/waveform_augment.py). `eval_set` (features, labels) records a learning
-    curve every `recipe.eval_every_epochs`. See `run_training` for the rest.
+    curve every `recipe.eval_every_epochs`. `shift_per_db` (features.input_shift_per_db) is what a
+    recipe's gain augmentation adds per dB. See `run_training` for the rest.
     """
     model.to(device)
-    task = ClassificationTask(model, features, label_ids, num_classes, recipe, device, eval_set)
+    task = ClassificationTask(model, features, label_ids, num_classes, recipe, device, eval_set, shift_per_db)
     return run_training(model, task, recipe, device, state_path, progress, description, on_epoch_end)
 
 
@@ -349,6 +353,7 @@ def train_plb(
     description: str = "train",
     eval_set: tuple[np.ndarray, np.ndarray] | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    shift_per_db: np.ndarray | None = None,
 ) -> tuple[PLBNet, list[EpochRecord]]:
     """A PLBNet trained with `recipe`; its input normalisation (if any) is fitted on the clips as they
     are (the first variant of a feature bank) first."""
@@ -358,7 +363,7 @@ def train_plb(
     originals = features[:, 0] if features.ndim == 4 else features
     model.fit_input_normalisation(torch.from_numpy(np.asarray(originals, dtype=np.float32)))
     history = train_network(model, features, label_ids, config.num_classes, recipe, device, state_path, progress,
-                            description, eval_set, on_epoch_end)
+                            description, eval_set, on_epoch_end, shift_per_db)
     return model, history
 
 

@@ -68,3 +68,26 @@ def test_masks_cover_at_most_their_width_and_fill_with_the_given_value() -> None
     out, _ = BatchAugmenter(recipe, 4, seed=0, mask_fill=fill)(inputs, labels)
     changed = out != inputs
     assert bool((out[changed] == 7.0).all()) and changed.any()
+
+
+def test_gain_shifts_each_clip_by_one_drawn_gain_within_the_range() -> None:
+    inputs, labels = _batch()
+    shift_per_db = torch.zeros(39)
+    shift_per_db[0] = 128**0.5  # MFCC: coefficient 0 only (features.input_shift_per_db)
+    recipe = TrainingRecipe(gain_min_db=-10.0, gain_max_db=25.0)
+    out, _ = BatchAugmenter(recipe, 4, seed=0, shift_per_db=shift_per_db)(inputs, labels)
+    moved = out - inputs
+    torch.testing.assert_close(moved[..., 1:], torch.zeros_like(moved[..., 1:]))
+    gains_db = moved[..., 0] / shift_per_db[0]  # (clips, 1, frames): one gain per clip, every frame
+    torch.testing.assert_close(gains_db, gains_db[..., :1].expand_as(gains_db), rtol=0, atol=1e-4)
+    assert gains_db.min() >= -10.0 and gains_db.max() <= 25.0
+    assert len(set(gains_db[:, 0, 0].tolist())) == len(inputs)
+
+
+def test_gain_without_the_features_shift_is_refused() -> None:
+    try:
+        BatchAugmenter(TrainingRecipe(gain_max_db=6.0), 4, seed=0)
+    except ValueError as error:
+        assert "gain" in str(error)
+    else:
+        raise AssertionError("gain augmentation without a shift per dB was accepted")

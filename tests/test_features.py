@@ -1,9 +1,13 @@
 """Feature extraction as the thesis: 39 MFCC x 196 frames from 100,000 samples at 22,050 Hz."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 from emostream.model.features import (
     fit_length,
+    input_shift_per_db,
     normalise_level,
     normalise_onset,
     utterance_windows,
@@ -12,6 +16,7 @@ from emostream.model.features import (
 from emostream.schemas.model_card import FeatureSettings
 
 SETTINGS = FeatureSettings()
+SPEECH = Path(__file__).parent / "fixtures" / "speech.wav"
 
 
 def tone(seconds: float, rate_hz: int) -> np.ndarray:
@@ -76,3 +81,15 @@ def test_level_normalisation_makes_features_gain_invariant() -> None:
     scaled = normalise_level(quiet, 16_000, settings)
     assert 20 * np.log10(np.sqrt(np.mean(scaled**2))) == pytest.approx(-26.0, abs=0.2)
     assert normalise_level(quiet, 16_000, FeatureSettings()) is quiet  # off unless the card sets it
+
+
+@pytest.mark.parametrize("kind", ["mfcc", "logmel"])
+def test_a_gain_is_a_constant_shift_of_the_input(kind: str) -> None:
+    """What gain augmentation relies on: audio g dB louder gives features + g x input_shift_per_db."""
+    settings = FeatureSettings(kind=kind)
+    speech, rate_hz = sf.read(SPEECH, dtype="float32")
+    speech = 0.5 * speech[: 3 * rate_hz] / np.abs(speech).max()
+    base = utterance_windows(speech, rate_hz, settings)
+    for gain_db in (-6.0, 12.0):
+        louder = utterance_windows(speech * np.float32(10 ** (gain_db / 20)), rate_hz, settings)
+        np.testing.assert_allclose(louder, base + gain_db * input_shift_per_db(settings), rtol=1e-4, atol=2e-3)

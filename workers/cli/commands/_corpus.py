@@ -23,9 +23,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser, features_option: bool 
 
 
 def feature_settings(args: argparse.Namespace) -> FeatureSettings:
-    """The feature settings a command trains or evaluates with: the defaults, or a --level-dbfs."""
-    level = getattr(args, "level_dbfs", None)
-    return FeatureSettings(level_dbfs=level) if level is not None else FeatureSettings()
+    """The feature settings a command trains or evaluates with: the defaults, a --feature-kind, a --level-dbfs."""
+    return FeatureSettings(kind=getattr(args, "feature_kind", "mfcc"), level_dbfs=getattr(args, "level_dbfs", None))
 
 
 def corpus_table(args: argparse.Namespace, labels: list[str] | None = None,

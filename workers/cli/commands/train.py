@@ -34,6 +34,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         "(model/waveform_augment.py: speed-0.9, speed-1.1, noise-20db, telephony, crop); one per "
                         "clip per epoch is trained on. Default: all five for production, none (or 'none') for "
                         "thesis. A --features table brings its own.")
+    parser.add_argument("--feature-kind", choices=["mfcc", "logmel"], default="mfcc",
+                        help="the network's input: the thesis's 39 MFCC coefficients, or 39 log-mel bands (dB) of "
+                        "the same frames (default: %(default)s)")
     parser.add_argument("--level-dbfs", type=float, help="features.level_dbfs: scale every utterance to this "
                         "active-speech level before features, in training and (through the card) serving")
     parser.add_argument("--eager", action="store_true", help="do not torch.compile the training step")
