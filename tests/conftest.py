@@ -22,6 +22,8 @@ Per test (isolated from every other test):
   `.restart(down_s=...)` keeps the port. In-memory: a restart loses all topics / keys.
 - `speech_wav` -> Path of tests/fixtures/speech.wav; `speech_fixture` -> its utterance times.
 - `emostream_cli` -> `.argv(*args)` / `.run(*args, env=..., timeout_s=...)` for the console command.
+- `asr_digits` / `asr_pretrained` / `asr_checkpoint` (session): the tiny ASR-multitask model of
+  tests/_asr_helpers.py, trained once per session on a few FSDD clips; skipped without FSDD.
 """
 
 import itertools
@@ -35,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hypothesis
 import pytest
@@ -49,6 +51,11 @@ from emostream.workers.stack.services import RedisServer, TansuBroker
 from emostream.workers.stack.settings_env import is_settings_variable, settings_to_env
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+
+if TYPE_CHECKING:  # torch and the model load only in the sessions that train it
+    from emostream.model.asr_training import UtteranceSet
+
+    from tests._asr_helpers import Pretrained, ServedCheckpoint
 
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 REDIS_DATABASES = 1024  # one fresh database per test that asks for stack settings
@@ -380,3 +387,34 @@ class EmostreamCli:
 @pytest.fixture(scope="session")
 def emostream_cli() -> EmostreamCli:
     return EmostreamCli()
+
+
+# -- the tiny ASR-multitask model (tests/_asr_helpers.py) ---------------------------------------
+@pytest.fixture(scope="session")
+def asr_digits() -> "UtteranceSet":
+    """12 FSDD clips (george and jackson saying zero..five) as log-mel features; skips without FSDD."""
+    from tests import _asr_helpers
+
+    if not _asr_helpers.fsdd_available():
+        pytest.skip(_asr_helpers.FSDD_MISSING)
+    return _asr_helpers.digit_utterances()
+
+
+@pytest.fixture(scope="session")
+def asr_pretrained(asr_digits: "UtteranceSet") -> "Pretrained":
+    """The CTC pre-trained network of `asr_digits`: (model, tokenizer, history)."""
+    from tests import _asr_helpers
+
+    return _asr_helpers.pretrain_digits(asr_digits)
+
+
+@pytest.fixture(scope="session")
+def asr_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, asr_digits: "UtteranceSet", asr_pretrained: "Pretrained"
+) -> "ServedCheckpoint":
+    """`asr_pretrained` fine-tuned with TL+MTL on the speakers, as a registry checkpoint folder that
+    transcribes (`.folder`, `.card`, `.recipe`)."""
+    from tests import _asr_helpers
+
+    folder = tmp_path_factory.mktemp("asr-checkpoint") / _asr_helpers.SERVED_NAME
+    return _asr_helpers.write_served_checkpoint(folder, asr_digits, asr_pretrained)

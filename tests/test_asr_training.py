@@ -2,7 +2,8 @@
 FSDD's spoken digits (loss falls, greedy decoding recovers the transcripts), the pre-trained encoder
 moves into the multitask model through its checkpoint folder, each fine-tuning mode of Table 1
 trains, an interrupted run resumes to the same weights, and the result serves through the registry
-with its transcript."""
+with its transcript. The pre-trained network and the served checkpoint are conftest's session
+fixtures (tests/_asr_helpers.py), shared with tests/test_asr_workers_e2e.py."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -11,73 +12,56 @@ import numpy as np
 import pytest
 import torch
 from emostream.model.asr_checkpoint import load_pretrained, save_emotion_model, save_pretrained
-from emostream.model.asr_corpus import TranscribedClip, load_fsdd
-from emostream.model.asr_multitask import AsrMultitaskConfig, CnnBlstmSaConfig
 from emostream.model.asr_training import (
     FineTuningMode,
     UtteranceSet,
-    extract_utterances,
     finetune,
-    pretrain_ctc,
     transcribe,
 )
-from emostream.model.recipes import asr_finetuning_recipe, asr_pretraining_recipe
+from emostream.model.recipes import asr_finetuning_recipe
 from emostream.model.tokenizer import normalise_transcript
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
-pytestmark = pytest.mark.skipif(not (FSDD / "labels.csv").is_file(), reason=f"FSDD not found at {FSDD}")
-CPU = torch.device("cpu")
-# a few hundred thousand parameters: trains in seconds on two cores
-TINY = AsrMultitaskConfig(subsampling_channels=16, d_model=64, heads=2, ffn_dim=128, blocks=2, vocabulary=24,
-                          num_classes=2, dropout=0.0)
-TINY_BASELINE = CnnBlstmSaConfig(channels=8, hidden=16, heads=2)
-WORDS = ("zero", "one", "two", "three", "four", "five")
+from tests._asr_helpers import (
+    CPU,
+    FSDD_MISSING,
+    SPEAKERS,
+    TINY,
+    TINY_BASELINE,
+    Pretrained,
+    ServedCheckpoint,
+    digit_clips,
+    fsdd_available,
+    read_clip,
+    single_thread,
+)
+
+pytestmark = pytest.mark.skipif(not fsdd_available(), reason=FSDD_MISSING)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny networks: intra-op threads only add synchronisation (30x the CPU time on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
-@pytest.fixture(scope="module")
-def digits() -> UtteranceSet:
-    """Two speakers saying six digit words; the 'emotion' to fine-tune on is the speaker."""
-    chosen = [c for c in load_fsdd(FSDD) if c.speaker in ("george", "jackson") and c.transcript in WORDS
-              and c.path.stem.endswith("_0")]
-    clips = [TranscribedClip(c.path, c.transcript, c.speaker, label=c.speaker) for c in chosen]
-    utterances, errors = extract_utterances(clips)
-    assert not errors and len(utterances) == 12
-    return utterances
-
-
-@pytest.fixture(scope="module")
-def pretrained(digits: UtteranceSet):
-    recipe = asr_pretraining_recipe(epochs=120, batch_size=12, learning_rate=2e-3, compile=False)
-    model, tokenizer, history = pretrain_ctc(digits, TINY, recipe, CPU, progress=False)
-    return model, tokenizer, history
-
-
-def test_ctc_pretraining_learns_the_spoken_digits(digits: UtteranceSet, pretrained) -> None:
-    model, tokenizer, history = pretrained
+def test_ctc_pretraining_learns_the_spoken_digits(asr_digits: UtteranceSet, asr_pretrained: Pretrained) -> None:
+    model, tokenizer, history = asr_pretrained
     assert not model.config.emotion_token and tokenizer.vocabulary == TINY.vocabulary
     assert history[-1].loss < 0.2 * history[0].loss and history[-1].train_accuracy is None
-    recovered = transcribe(model, tokenizer, digits.features, CPU)
-    exact = sum(got == normalise_transcript(want) for got, want in zip(recovered, digits.transcripts, strict=True))
-    assert exact >= 10, list(zip(recovered, digits.transcripts, strict=True))
+    recovered = transcribe(model, tokenizer, asr_digits.features, CPU)
+    exact = sum(got == normalise_transcript(want) for got, want in zip(recovered, asr_digits.transcripts, strict=True))
+    assert exact >= 10, list(zip(recovered, asr_digits.transcripts, strict=True))
 
 
 def test_pretrained_encoder_moves_into_the_multitask_model_through_its_folder(
-        tmp_path: Path, digits: UtteranceSet, pretrained) -> None:
-    model, tokenizer, _ = pretrained
+        tmp_path: Path, asr_digits: UtteranceSet, asr_pretrained: Pretrained) -> None:
+    model, tokenizer, _ = asr_pretrained
     save_pretrained(tmp_path / "ctc", model, tokenizer, {"data": "fsdd subset"})
     encoder = load_pretrained(tmp_path / "ctc")
     assert encoder.tokenizer.model_proto == tokenizer.model_proto and encoder.config == model.config
     recipe = asr_finetuning_recipe(epochs=1, batch_size=4, learning_rate=0.0, compile=False)  # lr 0: weights stay
-    tuned = finetune(digits, ["george", "jackson"], FineTuningMode.TL_MTL, recipe, CPU,
+    tuned = finetune(asr_digits, ["george", "jackson"], FineTuningMode.TL_MTL, recipe, CPU,
                      pretrained=encoder.as_tuple(), progress=False)
     assert tuned.initialised == ["emotion_embedding", "emotion_head.bias", "emotion_head.weight"]
     assert tuned.ctc_weight == pytest.approx(0.6) and set(tuned.history[0].losses) == {"cross_entropy", "ctc"}
@@ -85,30 +69,31 @@ def test_pretrained_encoder_moves_into_the_multitask_model_through_its_folder(
         torch.testing.assert_close(tuned.model.state_dict()[name], tensor, msg=name)
     assert tuned.model.emotion_head.out_features == 2
     # the transcripts survive the move: the multitask model still reads the digits
-    recovered = transcribe(tuned.model, encoder.tokenizer, digits.features, CPU)
-    assert recovered == transcribe(model, tokenizer, digits.features, CPU)
+    recovered = transcribe(tuned.model, encoder.tokenizer, asr_digits.features, CPU)
+    assert recovered == transcribe(model, tokenizer, asr_digits.features, CPU)
 
 
 @pytest.mark.parametrize("mode", list(FineTuningMode))
-def test_every_fine_tuning_mode_learns_the_labels(digits: UtteranceSet, pretrained, mode: FineTuningMode) -> None:
-    model, tokenizer, _ = pretrained
+def test_every_fine_tuning_mode_learns_the_labels(asr_digits: UtteranceSet, asr_pretrained: Pretrained,
+                                                  mode: FineTuningMode) -> None:
+    model, tokenizer, _ = asr_pretrained
     encoder = (model.config, model.state_dict(), tokenizer) if mode in (FineTuningMode.TL_MTL, FineTuningMode.TL) \
         else None
     config = TINY_BASELINE if mode is FineTuningMode.BASELINE else replace(TINY, vocabulary=TINY.vocabulary)
     recipe = asr_finetuning_recipe(epochs=40, batch_size=6, learning_rate=1e-3, compile=False)
-    tuned = finetune(digits, ["george", "jackson"], mode, recipe, CPU, pretrained=encoder, config=config,
+    tuned = finetune(asr_digits, ["george", "jackson"], mode, recipe, CPU, pretrained=encoder, config=config,
                      progress=False)
     assert tuned.ctc_weight == (0.6 if mode is FineTuningMode.TL_MTL else 0.0)
     assert tuned.history[-1].loss < 0.5 * tuned.history[0].loss
     assert tuned.history[-1].train_accuracy >= 0.9, tuned.history[-1]
 
 
-def test_a_mode_without_its_encoder_is_refused(digits: UtteranceSet) -> None:
+def test_a_mode_without_its_encoder_is_refused(asr_digits: UtteranceSet) -> None:
     recipe = asr_finetuning_recipe(epochs=1, compile=False)
     with pytest.raises(ValueError, match="tl: needs a pre-trained CTC encoder"):
-        finetune(digits, ["george", "jackson"], FineTuningMode.TL, recipe, CPU, progress=False)
+        finetune(asr_digits, ["george", "jackson"], FineTuningMode.TL, recipe, CPU, progress=False)
     with pytest.raises(ValueError, match=r"labels \['george'\] are not in the class order"):
-        finetune(digits, ["jackson", "other"], FineTuningMode.SCRATCH, recipe, CPU, progress=False)
+        finetune(asr_digits, ["jackson", "other"], FineTuningMode.SCRATCH, recipe, CPU, progress=False)
 
 
 class Interrupted(Exception):
@@ -116,14 +101,14 @@ class Interrupted(Exception):
 
 
 def test_interrupted_multitask_training_resumes_to_the_uninterrupted_weights(
-        tmp_path: Path, digits: UtteranceSet, pretrained) -> None:
-    model, tokenizer, _ = pretrained
+        tmp_path: Path, asr_digits: UtteranceSet, asr_pretrained: Pretrained) -> None:
+    model, tokenizer, _ = asr_pretrained
     # dropout draws from the global generator: its state must resume too
     encoder = (replace(model.config, dropout=0.1), model.state_dict(), tokenizer)
     recipe = asr_finetuning_recipe(epochs=4, batch_size=5, checkpoint_every_epochs=2, learning_rate=1e-3,
                                    compile=False)
     labels = ["george", "jackson"]
-    straight = finetune(digits, labels, FineTuningMode.TL_MTL, recipe, CPU, pretrained=encoder, progress=False)
+    straight = finetune(asr_digits, labels, FineTuningMode.TL_MTL, recipe, CPU, pretrained=encoder, progress=False)
 
     def stop(record) -> None:
         if record.epoch == 2:
@@ -131,9 +116,9 @@ def test_interrupted_multitask_training_resumes_to_the_uninterrupted_weights(
 
     state = tmp_path / "state.pt"
     with pytest.raises(Interrupted):
-        finetune(digits, labels, FineTuningMode.TL_MTL, recipe, CPU, pretrained=encoder, state_path=state,
+        finetune(asr_digits, labels, FineTuningMode.TL_MTL, recipe, CPU, pretrained=encoder, state_path=state,
                  progress=False, on_epoch_end=stop)
-    resumed = finetune(digits, labels, FineTuningMode.TL_MTL, recipe, CPU, pretrained=encoder, state_path=state,
+    resumed = finetune(asr_digits, labels, FineTuningMode.TL_MTL, recipe, CPU, pretrained=encoder, state_path=state,
                        progress=False)
     assert [h.epoch for h in resumed.history] == [0, 1, 2, 3]
     assert [h.loss for h in resumed.history] == pytest.approx([h.loss for h in straight.history], abs=1e-6)
@@ -142,32 +127,25 @@ def test_interrupted_multitask_training_resumes_to_the_uninterrupted_weights(
 
 
 def test_fine_tuned_model_serves_scores_and_its_transcript_through_the_registry(
-        tmp_path: Path, digits: UtteranceSet, pretrained) -> None:
-    import soundfile as sf
+        tmp_path: Path, asr_digits: UtteranceSet, asr_checkpoint: ServedCheckpoint) -> None:
     from emostream.model.features import resample
     from emostream.model.registry import load_model
 
-    model, tokenizer, _ = pretrained
-    recipe = asr_finetuning_recipe(epochs=30, batch_size=6, learning_rate=1e-3, compile=False)
-    tuned = finetune(digits, ["george", "jackson"], FineTuningMode.TL_MTL, recipe, CPU,
-                     pretrained=(model.config, model.state_dict(), tokenizer), progress=False)
-    folder = tmp_path / "asr-fsdd"
-    card = save_emotion_model(folder, tuned.model, name="asr-fsdd", version="0", labels=["george", "jackson"],
-                              tokenizer=tuned.tokenizer, training={"recipe": recipe.to_dict()})
+    card = asr_checkpoint.card
     assert card.architecture == "asr-multitask" and card.architecture_options["transcribes"] is True
-    served = load_model(str(folder))
-    clips = [c for c in load_fsdd(FSDD) if c.speaker == "george" and c.transcript in ("three", "five")
-             and c.path.stem.endswith("_0")]
+    assert card.training == {"recipe": asr_checkpoint.recipe.to_dict()}
+    served = load_model(str(asr_checkpoint.folder))
+    clips = digit_clips(speakers=("george",), words=("three", "five"))
     waveforms = []
     for clip in clips:
-        audio, rate_hz = sf.read(str(clip.path), dtype="float32")
+        audio, rate_hz = read_clip(clip)
         waveforms.append(resample(audio, rate_hz, 16_000))  # as the inference stage hands segments over
     predictions = served.predict(waveforms, 16_000)
     assert [p.transcript for p in predictions] == [c.transcript for c in clips]
     assert all(p.label == "george" and sum(p.scores.values()) == pytest.approx(1.0) for p in predictions)
-    baseline = finetune(digits, ["george", "jackson"], FineTuningMode.BASELINE,
+    baseline = finetune(asr_digits, SPEAKERS, FineTuningMode.BASELINE,
                         asr_finetuning_recipe(epochs=1, compile=False), CPU, config=TINY_BASELINE, progress=False)
     save_emotion_model(tmp_path / "baseline", baseline.model, name="baseline", version="0",
-                       labels=["george", "jackson"], tokenizer=None, training={})
+                       labels=SPEAKERS, tokenizer=None, training={})
     assert load_model(str(tmp_path / "baseline")).predict(waveforms[:1], 16_000)[0].transcript is None
     assert np.isfinite(list(load_model(str(tmp_path / "baseline")).predict(waveforms, 16_000)[1].scores.values())).all()
