@@ -15,9 +15,11 @@ import time
 
 import numpy as np
 import torch
+from emostream.model.features import input_shift_per_db
 from emostream.model.plb import PLBConfig
 from emostream.model.recipes import RECIPES
 from emostream.model.training import train_plb
+from emostream.schemas.model_card import FeatureSettings
 
 
 def main() -> None:
@@ -36,7 +38,7 @@ def main() -> None:
         recipe = RECIPES[args.recipe](2, compile=mode == "compiled")
         started = time.perf_counter()
         _, history = train_plb(features, labels, PLBConfig(num_classes=8), recipe, torch.device("cpu"),
-                               progress=False)
+                               progress=False, shift_per_db=input_shift_per_db(FeatureSettings()))
         results[mode] = {"first_epoch_s": round(history[0].seconds, 2), "epoch_s": round(history[1].seconds, 2),
                          "total_s": round(time.perf_counter() - started, 1)}
     load = os.getloadavg()

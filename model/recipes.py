@@ -86,16 +86,22 @@ class TrainingRecipe:
                    decay_every_epochs=max(1, round(cls.decay_every_epochs * scale)), **overrides)
 
 
+# Calls arrive at any level: telephone speech sits near -26 dBFS, RAVDESS's near -38. Each clip is trained
+# on at -10..+25 dB of its recorded level, so the network cannot learn the corpus's loudness as emotion.
+PRODUCTION_GAIN_DB = (-10.0, 25.0)
+
+
 def production_recipe(epochs: int = 60, **overrides: object) -> TrainingRecipe:
     """Ours: standard Adam with decoupled weight decay at 3x the thesis's learning rate, warm-up +
     cosine to zero, light label smoothing, and random offsets of the clip in its window (~0.5 s either
-    way, for VAD segments whose speech starts anywhere). Mixup and SpecAugment masks are available
+    way, for VAD segments whose speech starts anywhere), and a random gain of -10..+25 dB per clip (calls
+    arrive at any level; model/PLB.md). Mixup and SpecAugment masks are available
     (`--set mixup_alpha=0.2 time_masks=2 ...`) but off: with them the network underfit (model/PLB.md).
     Its waveform variants live in the feature table it trains on (waveform_augment.PRODUCTION_VARIANTS,
     the CLI's default for this recipe); the input standardisation is the network's (PLBConfig)."""
     recipe = TrainingRecipe(name="production", epochs=epochs, learning_rate=3e-3, beta1=0.9, beta2=0.999,
                             weight_decay=1e-2, schedule="warmup-cosine", warmup_epochs=3, label_smoothing=0.05,
-                            time_shift_frames=20)
+                            time_shift_frames=20, gain_min_db=PRODUCTION_GAIN_DB[0], gain_max_db=PRODUCTION_GAIN_DB[1])
     return replace(recipe, **overrides)  # type: ignore[arg-type]
 
 

@@ -4,10 +4,13 @@ from dataclasses import replace
 
 import torch
 from emostream.model.augment import BatchAugmenter, mask_spans
+from emostream.model.features import input_shift_per_db
 from emostream.model.recipes import TrainingRecipe, production_recipe
+from emostream.schemas.model_card import FeatureSettings
 
 ALL_ON = production_recipe(mixup_alpha=0.2, time_masks=2, time_mask_frames=20, coefficient_masks=2,
                            coefficient_mask_width=4)
+MFCC_SHIFT = torch.from_numpy(input_shift_per_db(FeatureSettings()))  # what 1 dB of gain adds to the MFCC
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,9 +21,9 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 def test_each_augmentation_is_deterministic_under_a_seed() -> None:
     inputs, labels = _batch()
     for recipe in (ALL_ON, replace(ALL_ON, mixup_alpha=0), replace(ALL_ON, time_masks=0), production_recipe()):
-        first = BatchAugmenter(recipe, 4, seed=3)(inputs, labels)
-        again = BatchAugmenter(recipe, 4, seed=3)(inputs, labels)
-        other = BatchAugmenter(recipe, 4, seed=4)(inputs, labels)
+        first = BatchAugmenter(recipe, 4, seed=3, shift_per_db=MFCC_SHIFT)(inputs, labels)
+        again = BatchAugmenter(recipe, 4, seed=3, shift_per_db=MFCC_SHIFT)(inputs, labels)
+        other = BatchAugmenter(recipe, 4, seed=4, shift_per_db=MFCC_SHIFT)(inputs, labels)
         for a, b in zip(first, again, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert not torch.equal(first[0], other[0])
@@ -35,7 +38,7 @@ def test_nothing_switched_on_is_the_identity_with_one_hot_targets() -> None:
 
 def test_shapes_and_label_mass_are_kept() -> None:
     inputs, labels = _batch()
-    out, targets = BatchAugmenter(ALL_ON, 4, seed=0)(inputs, labels)
+    out, targets = BatchAugmenter(ALL_ON, 4, seed=0, shift_per_db=MFCC_SHIFT)(inputs, labels)
     assert out.shape == inputs.shape and out.dtype == inputs.dtype
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
     # mixup mixes two of the batch's own labels: all mass sits on labels present in the batch
@@ -72,13 +75,11 @@ def test_masks_cover_at_most_their_width_and_fill_with_the_given_value() -> None
 
 def test_gain_shifts_each_clip_by_one_drawn_gain_within_the_range() -> None:
     inputs, labels = _batch()
-    shift_per_db = torch.zeros(39)
-    shift_per_db[0] = 128**0.5  # MFCC: coefficient 0 only (features.input_shift_per_db)
     recipe = TrainingRecipe(gain_min_db=-10.0, gain_max_db=25.0)
-    out, _ = BatchAugmenter(recipe, 4, seed=0, shift_per_db=shift_per_db)(inputs, labels)
+    out, _ = BatchAugmenter(recipe, 4, seed=0, shift_per_db=MFCC_SHIFT)(inputs, labels)
     moved = out - inputs
-    torch.testing.assert_close(moved[..., 1:], torch.zeros_like(moved[..., 1:]))
-    gains_db = moved[..., 0] / shift_per_db[0]  # (clips, 1, frames): one gain per clip, every frame
+    torch.testing.assert_close(moved[..., 1:], torch.zeros_like(moved[..., 1:]))  # MFCC: coefficient 0 only
+    gains_db = moved[..., 0] / MFCC_SHIFT[0]  # (clips, 1, frames): one gain per clip, every frame
     torch.testing.assert_close(gains_db, gains_db[..., :1].expand_as(gains_db), rtol=0, atol=1e-4)
     assert gains_db.min() >= -10.0 and gains_db.max() <= 25.0
     assert len(set(gains_db[:, 0, 0].tolist())) == len(inputs)

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from _model_helpers import FIXTURES, SPEECH_WAV
 from emostream.model.feature_table import FeatureTable
-from emostream.model.features import utterance_windows
+from emostream.model.features import input_shift_per_db, utterance_windows
 from emostream.model.plb import PLBConfig, PLBNet
 from emostream.model.recipes import TrainingRecipe, learning_rate_factor, production_recipe
 from emostream.model.training import TrainingStateError, predict_logits, train_plb
@@ -19,6 +19,7 @@ from emostream.schemas.model_card import FeatureSettings
 
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
 CPU = torch.device("cpu")
+MFCC_SHIFT = input_shift_per_db(FeatureSettings())  # the production recipe's gain augmentation needs it
 
 
 def fixture_utterances() -> tuple[np.ndarray, np.ndarray]:
@@ -95,12 +96,14 @@ def _four_clips() -> tuple[np.ndarray, np.ndarray]:
 def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path: Path, recipe: TrainingRecipe) -> None:
     features, labels = _four_clips()  # 4 clips, batch 3: a different dropped remainder every epoch
     config = PLBConfig(num_classes=3, input_normalisation="per-coefficient")
-    straight, straight_history = train_plb(features, labels, config, recipe, CPU, progress=False)
+    straight, straight_history = train_plb(features, labels, config, recipe, CPU, progress=False,
+                                           shift_per_db=MFCC_SHIFT)
     state = tmp_path / "state.pt"
     with pytest.raises(Interrupted):  # dies in epoch 3, after the checkpoint of epoch 2
         train_plb(features, labels, config, recipe, CPU, state_path=state, progress=False,
-                  on_epoch_end=_interrupt_at(2))
-    resumed, history = train_plb(features, labels, config, recipe, CPU, state_path=state, progress=False)
+                  on_epoch_end=_interrupt_at(2), shift_per_db=MFCC_SHIFT)
+    resumed, history = train_plb(features, labels, config, recipe, CPU, state_path=state, progress=False,
+                                 shift_per_db=MFCC_SHIFT)
     assert [h.epoch for h in history] == [0, 1, 2, 3]  # the saved history continues
     assert [h.loss for h in history] == pytest.approx([h.loss for h in straight_history], abs=1e-6)
     for name, tensor in straight.state_dict().items():
@@ -117,7 +120,7 @@ def test_a_state_of_another_recipe_or_data_set_is_refused_by_name(tmp_path: Path
                   on_epoch_end=_interrupt_at(0))
     other = production_recipe(epochs=2, batch_size=3, compile=False)
     with pytest.raises(TrainingStateError, match=r"state\.pt: written for another recipe"):
-        train_plb(features, labels, config, other, CPU, state_path=state, progress=False)
+        train_plb(features, labels, config, other, CPU, state_path=state, progress=False, shift_per_db=MFCC_SHIFT)
     with pytest.raises(TrainingStateError, match=r"state\.pt: written for another data"):
         train_plb(features[:3], labels[:3], config, recipe, CPU, state_path=state, progress=False)
     extended = TrainingRecipe(epochs=3, batch_size=3, checkpoint_every_epochs=1, compile=False)
