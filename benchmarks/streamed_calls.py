@@ -116,6 +116,7 @@ def main() -> None:
                         "telephone calls sit near -26)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-calls", type=Path, help="keep each call's WAV and truth JSON here")
+    parser.add_argument("--out", type=Path, help="also write the whole report (per fold and pooled) here as JSON")
     args = parser.parse_args()
     torch.set_num_threads(2)
     table = FeatureTable.load(args.features)
@@ -159,6 +160,8 @@ def main() -> None:
     report["pooled"] = {"whole_clip_accuracy_percent": round(100 * float(np.mean(whole_right)), 2),
                         **{name: summarise(parts) for name, parts in pooled.items() if parts}}
     print(json.dumps({k: v for k, v in report.items() if k != "folds"}, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
