@@ -1,27 +1,15 @@
 """benchmarks/gain_robustness.py's pure parts: a clip put at a speech level, and one level's row."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "gain_robustness.py"
+from tests._benchmark_helpers import load_benchmark
+
 SPEECH = Path(__file__).parent / "fixtures" / "speech.wav"
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("gain_robustness", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+bench = load_benchmark("gain_robustness")
 
 
 @pytest.mark.parametrize("level_dbfs", [-48.0, -26.0])

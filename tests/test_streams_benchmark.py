@@ -2,26 +2,14 @@
 one, duplicates, unmatched and missing results, the Redis / topic cross-check, and its statistics
 (benchmarks/streams_benchmark.py). Hand-made utterances and results; nothing is started."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 from emostream.schemas.event import EmotionEvent, LatencyBreakdown
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "streams_benchmark.py"
+from tests._benchmark_helpers import load_benchmark
 
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("streams_benchmark", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+bench = load_benchmark("streams_benchmark")
 Utterance, SegmentResult = bench.Utterance, bench.SegmentResult
 
 
