@@ -8,6 +8,11 @@ Variants (combine with "-", e.g. norm-adam-lr3):
 - chbn: per-channel BatchNorm in place of the per-frame (Keras axis=1) BatchNorm
 - gaphead: the classifier on the global average of the DCNN + CBAM output (no DWSCNN, capsules, routing)
 - adam: Adam (0.9, 0.999); lr3: lr 3e-3
+- bs8: batches of 8 clips (4x the optimiser steps per epoch of the thesis's 32)
+- nodrop: no SpatialDropout2D
+- nocbam: no CBAM (identity where the shared one sits)
+- noxatt: no cross-attention (the forward branch alone goes on to the DCNN)
+- outputs: routing's softmax over the output capsules (CapsNet's axis) instead of the input capsules
 
     python benchmarks/plb_learning_pace.py --features .devdata/ravdess.npz --variant raw --epochs 20
 """
@@ -21,8 +26,13 @@ from pathlib import Path
 import torch
 from emostream.model.crossval import make_folds
 from emostream.model.feature_table import FeatureTable
+from emostream.model import plb
 from emostream.model.plb import PLBConfig, PLBNet, cross_attention
 from torch import nn
+
+
+def forward_branch_only(query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    return query
 
 
 def gap_head_forward(self: PLBNet, mfcc: torch.Tensor) -> torch.Tensor:
@@ -34,7 +44,13 @@ def gap_head_forward(self: PLBNet, mfcc: torch.Tensor) -> torch.Tensor:
 
 def build(variant: str, num_classes: int) -> PLBNet:
     parts = set(variant.split("-"))
-    model = PLBNet(PLBConfig(num_classes=num_classes, logit_scale=8.0 if "scale8" in parts else 1.0))
+    model = PLBNet(PLBConfig(num_classes=num_classes, logit_scale=8.0 if "scale8" in parts else 1.0,
+                             dropout=0.0 if "nodrop" in parts else PLBConfig.dropout,
+                             routing_softmax="outputs" if "outputs" in parts else PLBConfig.routing_softmax))
+    if "nocbam" in parts:
+        model.cbam = nn.Identity()  # type: ignore[assignment]
+    if "noxatt" in parts:
+        plb.cross_attention = forward_branch_only  # PLBNet.forward looks the function up in its module
     if "chbn" in parts:
         for block in (model.forward_block, model.reverse_block, model.dilated_block):
             block.norm = nn.BatchNorm2d(model.config.channels, eps=1e-3, momentum=0.01)
@@ -77,14 +93,15 @@ def main() -> None:
     compiled = torch.compile(step)
     train_inputs, train_targets = inputs[train], targets[train]
     shuffle = torch.Generator().manual_seed(0)
-    steps = len(train_targets) // 32
+    batch_size = 8 if "bs8" in parts else 32
+    steps = len(train_targets) // batch_size
     for epoch in range(args.epochs):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(train_targets), generator=shuffle)
         loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
         for n in range(steps):
-            batch = order[n * 32 : (n + 1) * 32]
+            batch = order[n * batch_size : (n + 1) * batch_size]
             loss, hits = compiled(train_inputs[batch], train_targets[batch])
             loss_sum += loss
             correct += hits
@@ -94,7 +111,7 @@ def main() -> None:
             with torch.no_grad():
                 held_out = float((model(inputs[test]).argmax(dim=1) == targets[test]).float().mean())
             print(json.dumps({"variant": args.variant, "epoch": epoch + 1, "loss": round(float(loss_sum) / steps, 3),
-                              "train_accuracy": round(int(correct) / (steps * 32), 3),
+                              "train_accuracy": round(int(correct) / (steps * batch_size), 3),
                               "held_out_accuracy": round(held_out, 3), "seconds": round(seconds, 1)}), flush=True)
 
 

@@ -25,6 +25,7 @@ import soundfile as sf
 import torch
 from emostream.model.analysis import analyze_waveform
 from emostream.model.audio_io import read_audio
+from emostream.model.call_statistics import CallStatistics
 from emostream.model.crossval import serve_fold
 from emostream.model.feature_table import FeatureTable
 from emostream.model.features import resample
@@ -141,8 +142,9 @@ def main() -> None:
                 order = generator.permutation(indices)
                 clips = [resample(*read_audio(Path(table.paths[i])), VAD_SAMPLE_RATE_HZ) for i in order]
                 labels = [table.labels[table.label_ids[i]] for i in order]
+                whole_call = [CallStatistics()] * len(clips)  # the clips in the call's order, as one call
                 fold_whole += [p.label == label for p, label in
-                               zip(model.predict(clips, VAD_SAMPLE_RATE_HZ), labels, strict=True)]
+                               zip(model.predict(clips, VAD_SAMPLE_RATE_HZ, whole_call), labels, strict=True)]
                 call, truth = compose_call(clips, labels, generator, args.speech_level_dbfs)
                 if args.write_calls:
                     args.write_calls.mkdir(parents=True, exist_ok=True)

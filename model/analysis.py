@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from emostream.model.audio_io import AudioInputError, check_waveform, read_audio
 from emostream.model.base import EmotionModel
+from emostream.model.call_statistics import CallStatistics
 from emostream.model.features import resample
 from emostream.model.vad import VAD_SAMPLE_RATE_HZ, Endpointer, EndpointerParams
 
@@ -49,7 +50,8 @@ def analyze_waveform(audio: np.ndarray, sample_rate_hz: int, model: EmotionModel
         rate = sample_rate_hz
     if not pieces:
         return []
-    predictions = model.predict([piece for _, _, piece in pieces], rate)
+    call = CallStatistics()  # the recording is one call: each utterance is measured against those before it
+    predictions = model.predict([piece for _, _, piece in pieces], rate, [call] * len(pieces))
     return [UtteranceResult(start, end, p.label, p.scores) for (start, end, _), p in zip(pieces, predictions, strict=True)]
 
 

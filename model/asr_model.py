@@ -11,6 +11,7 @@ import torch
 from emostream.model.asr_checkpoint import load_emotion_network
 from emostream.model.asr_training import predict_utterances
 from emostream.model.base import EmotionModel, Prediction
+from emostream.model.call_statistics import CallStatistics
 from emostream.model.logmel import logmel_frames
 
 SERVING_DEVICE = torch.device("cpu")
@@ -24,13 +25,18 @@ class AsrMultitaskEmotionModel(EmotionModel):
         started = time.perf_counter()
         self.network, self.tokenizer, card = load_emotion_network(folder)
         super().__init__(card)
+        if card.features.call_normalisation:
+            raise ValueError(f"{folder}: the ASR-multitask model has no per-call standardisation "
+                             "(its log-mel is mean-normalised per utterance); card features.call_normalisation "
+                             "must be false")
         self.load_s = time.perf_counter() - started
 
     @property
     def transcribes(self) -> bool:
         return self.tokenizer is not None
 
-    def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int) -> list[Prediction]:
+    def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int,
+                calls: Sequence[CallStatistics] | None = None) -> list[Prediction]:
         if not waveforms:
             return []
         features = [logmel_frames(audio, sample_rate_hz, self.card.features) for audio in waveforms]

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from emostream.model.call_statistics import CallStatistics
 from emostream.schemas.model_card import ModelCard
 
 
@@ -37,9 +38,18 @@ class EmotionModel(ABC):
     def labels(self) -> tuple[str, ...]:
         return tuple(self.card.labels)
 
+    @property
+    def uses_call_statistics(self) -> bool:
+        """Whether `predict` measures each utterance against its call's running statistics."""
+        return self.card.features.call_normalisation
+
     @abstractmethod
-    def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int) -> list[Prediction]:
+    def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int,
+                calls: Sequence[CallStatistics] | None = None) -> list[Prediction]:
         """Classify utterances: each a mono float32 array in [-1, 1] at `sample_rate_hz`.
 
-        Thread-safe for concurrent calls from an executor; runs on the CPU.
+        `calls`: one running statistics object per utterance, the same object for the utterances of
+        one call, in the call's order; a model that `uses_call_statistics` adds each utterance to it
+        (model/call_statistics.py). None: every utterance is the first of its own call. Thread-safe for
+        concurrent calls on different calls' statistics; runs on the CPU.
         """

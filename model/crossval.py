@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from emostream.model.call_statistics import GAIN_REFUSED
 from emostream.model.feature_table import FeatureTable
 from emostream.model.metrics import benefit_cost_ratio, fold_summary, score
 from emostream.model.plb import (
@@ -40,6 +41,8 @@ class FoldJob:
     progress: bool
     threads: int = 1
     config: PLBConfig | None = None  # None: the thesis's network for the table's label count
+    call_normalisation: bool = False  # each speaker standardised with their own statistics (test speakers too)
+    call_prior_frames: float = FeatureSettings().call_prior_frames
 
 
 def make_folds(table: FeatureTable, protocol: str, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -70,18 +73,26 @@ def run_fold(job: FoldJob) -> dict[str, object]:
     device = pick_device(job.device)
     train, test = np.array(job.train_indices), np.array(job.test_indices)
     config = job.config or PLBConfig(num_classes=len(table.labels))
+    features, shift_per_db, call_prior = table.features, table.input_shift_per_db(), None
+    if job.call_normalisation:
+        if job.recipe.gain_min_db or job.recipe.gain_max_db:
+            raise ValueError(GAIN_REFUSED)
+        features, shift_per_db = table.standardised_per_speaker(job.table_path), None
+        prior = table.call_prior(train, job.call_prior_frames)
+        call_prior = {"mean": prior.mean.tolist(), "std": prior.std.tolist(), "frames": prior.frames}
+    originals = features[:, 0] if features.ndim == 4 else features
     started = time.time()
     model, history = train_plb(
-        table.features[train], table.label_ids[train], config, job.recipe, device,
+        features[train], table.label_ids[train], config, job.recipe, device,
         state_path=out_dir / f"fold-{job.fold:02d}.state.pt", progress=job.progress, description=f"fold {job.fold}",
-        eval_set=(table.original_features()[test], table.label_ids[test]), shift_per_db=table.input_shift_per_db(),
+        eval_set=(originals[test], table.label_ids[test]), shift_per_db=shift_per_db,
     )
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(out_dir / f"fold-{job.fold:02d}.safetensors"))  # for later analyses of the held-out fold
     (out_dir / f"fold-{job.fold:02d}.state.pt").unlink(missing_ok=True)
-    logits = predict_logits(model, table.original_features()[test], device)
+    logits = predict_logits(model, originals[test], device)
     predicted = logits.argmax(axis=1)
     result = {
         "fold": job.fold,
@@ -93,6 +104,7 @@ def run_fold(job: FoldJob) -> dict[str, object]:
         "recipe": job.recipe.to_dict(),
         "network": config.to_dict(),
         "waveform_variants": table.variants or ["original"],
+        "call_prior": call_prior,  # None: no call normalisation; else test speakers use all their clips
         "final_train_loss": history[-1].loss if history else None,
         "final_train_accuracy": history[-1].train_accuracy if history else None,
         "learning_curve": [record.to_dict() for record in history],
@@ -120,6 +132,7 @@ def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: s
         "recipe": recipe.to_dict(),
         "network": ordered[0].get("network"),
         "waveform_variants": table.variants or ["original"],
+        "call_normalisation": bool(ordered[0].get("call_prior")),
         "final_train_accuracy_per_fold": [r.get("final_train_accuracy") for r in ordered],
         "war_percent_per_fold": [round(w, 2) for w in wars],
         "war_percent": {k: round(v, 2) for k, v in summary.items()},
@@ -138,13 +151,14 @@ def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: s
 def run_crossval(
     table_path: Path, out_dir: Path, protocol: str, folds: int, recipe: TrainingRecipe, device: str = "auto",
     workers: int = 1, only_folds: list[int] | None = None, progress: bool = True, config: PLBConfig | None = None,
+    call_normalisation: bool = False,
 ) -> dict[str, object]:
     table = FeatureTable.load(table_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [
         FoldJob(str(table_path), fold, train.tolist(), test.tolist(), recipe, str(out_dir), device,
                 progress and workers == 1, threads=max(1, len(os.sched_getaffinity(0)) // workers),
-                config=config)
+                config=config, call_normalisation=call_normalisation)
         for fold, (train, test) in enumerate(make_folds(table, protocol, folds, recipe.seed))
         if only_folds is None or fold in only_folds
     ]
@@ -176,6 +190,10 @@ def serve_fold(out_dir: Path, fold: int, labels: list[str], folder: Path, featur
     from emostream.model.plb_model import PLBEmotionModel
 
     network, result = load_fold_network(out_dir, fold)
+    prior = result.get("call_prior")
+    if prior:
+        features = FeatureSettings(**{**features.model_dump(), "call_prior_frames": prior["frames"]}
+                                   ).with_call_prior(prior["mean"], prior["std"])
     card = ModelCard(name=f"fold-{fold}", version="cv", architecture="plb", labels=labels, features=features,
                      architecture_options=network.config.to_dict(), parameter_count=count_parameters(network),
                      weights_file="", weights_sha256="")

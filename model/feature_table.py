@@ -5,8 +5,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from emostream.model.call_statistics import CallPrior, standardise_per_speaker
 from emostream.model.features import input_shift_per_db
 from emostream.schemas.model_card import FeatureSettings
+
+
+# Settings that act after a window's features (how long audio is windowed, per-call standardisation):
+# a table's raw features serve them all.
+SERVING_ONLY_SETTINGS = {"long_input", "window_hop_samples", "call_normalisation", "call_prior_frames",
+                         "call_prior_mean", "call_prior_std"}
 
 
 class FeatureTableError(ValueError):
@@ -36,6 +43,19 @@ class FeatureTable:
         """(clips, frames, coefficients): the clips as they are (what evaluation scores)."""
         return self.features[:, 0] if self.variants is not None else self.features
 
+    def standardised_per_speaker(self, source: Path | str) -> np.ndarray:
+        """The features standardised with each speaker's own statistics (call normalisation's training
+        input, model/call_statistics.py); refuses clips without a speaker."""
+        unknown = sum(1 for speaker in self.speakers if not speaker)
+        if unknown:
+            raise FeatureTableError(f"{source}: {unknown} clips have no speaker; call normalisation trains "
+                                    "per speaker (give labels.csv a speaker column)")
+        return standardise_per_speaker(self.features, self.speakers)
+
+    def call_prior(self, rows: np.ndarray, frames: float) -> CallPrior:
+        """The pooled statistics of these clips as recorded: a call-normalised model's prior."""
+        return CallPrior.of(self.original_features()[rows], frames)
+
     def input_shift_per_db(self) -> np.ndarray | None:
         """What 1 dB of gain adds to each coefficient (for gain augmentation); None without settings."""
         return None if self.settings is None else input_shift_per_db(self.settings)
@@ -61,8 +81,8 @@ class FeatureTable:
 
     def check_matches(self, settings: FeatureSettings, source: Path | str) -> None:
         """Refuse a table made with other feature settings (or of another input shape) than `settings`."""
-        if self.settings is not None and self.settings.model_dump(exclude={"long_input", "window_hop_samples"}) != \
-                settings.model_dump(exclude={"long_input", "window_hop_samples"}):
+        if self.settings is not None and self.settings.model_dump(exclude=SERVING_ONLY_SETTINGS) != \
+                settings.model_dump(exclude=SERVING_ONLY_SETTINGS):
             differing = sorted(k for k, v in settings.model_dump().items() if getattr(self.settings, k) != v)
             raise FeatureTableError(f"{source}: features made with other settings ({', '.join(differing)} differ "
                                     "from the model's); recompute them with --data")

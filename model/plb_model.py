@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from emostream.model.base import EmotionModel, Prediction
+from emostream.model.call_statistics import CallPrior, CallStatistics, standardise_utterances
 from emostream.model.checkpoint import load_plb
 from emostream.model.fast_features import MfccTransform
 from emostream.model.features import batch_windows
@@ -35,6 +36,9 @@ class PLBEmotionModel(EmotionModel):
         # channels-last: pooling and the elementwise layers over the 64-channel maps run several times
         # faster on CPU in this layout (same results to 1e-10).
         self.network = network.to(memory_format=torch.channels_last)
+        features = card.features
+        self.call_prior = CallPrior(np.array(features.call_prior_mean), np.array(features.call_prior_std),
+                                    features.call_prior_frames) if features.call_normalisation else None
         self.window_features: MfccTransform | None = None
         self.onnx_network: OnnxNetwork | None = None
         if fast:
@@ -57,10 +61,14 @@ class PLBEmotionModel(EmotionModel):
             inputs = torch.from_numpy(windows).unsqueeze(1).contiguous(memory_format=torch.channels_last)
             return self.network(inputs).numpy()
 
-    def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int) -> list[Prediction]:
+    def predict(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int,
+                calls: Sequence[CallStatistics] | None = None) -> list[Prediction]:
         if not waveforms:
             return []
         windows, counts = batch_windows(waveforms, sample_rate_hz, self.card.features, self.window_features)
+        if self.card.features.call_normalisation:
+            calls = calls if calls is not None else [CallStatistics() for _ in waveforms]
+            windows = standardise_utterances(windows, counts, calls, self.call_prior)
         with torch.inference_mode():
             logits = torch.from_numpy(self.logits(windows))
             probabilities = torch.softmax(logits / self.card.score_temperature, dim=1).numpy()

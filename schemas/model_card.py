@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class FeatureSettings(BaseModel):
@@ -34,6 +34,31 @@ class FeatureSettings(BaseModel):
         description="if set, each utterance is scaled so the RMS of its active frames (within 40 dB of the "
         "loudest 20 ms frame) is this level, in training and serving alike: calls arrive at any gain",
     )
+    call_normalisation: bool = Field(
+        False,
+        description="each input coefficient standardised by the call's own running statistics (its speech "
+        "frames so far, this utterance included) blended with call_prior_*; trained per speaker "
+        "(model/call_statistics.py)",
+    )
+    call_prior_frames: float = Field(400.0, ge=0, description="how many of a call's frames the prior counts as "
+                                     "(400: about 2.5 utterances)")
+    call_prior_mean: list[float] | None = Field(None, description="training speakers' pooled mean per coefficient")
+    call_prior_std: list[float] | None = Field(None, description="training speakers' pooled std per coefficient")
+
+    def with_call_prior(self, mean: list[float], std: list[float]) -> "FeatureSettings":
+        """These settings with call normalisation on and its prior set (validated)."""
+        return FeatureSettings(**{**self.model_dump(), "call_normalisation": True, "call_prior_mean": mean,
+                                  "call_prior_std": std})
+
+    @model_validator(mode="after")
+    def _call_prior_fits(self) -> "FeatureSettings":
+        if self.call_normalisation:
+            for name in ("call_prior_mean", "call_prior_std"):
+                values = getattr(self, name)
+                if values is None or len(values) != self.n_coefficients:
+                    raise ValueError(f"call_normalisation needs {name} with {self.n_coefficients} values "
+                                     f"(one per coefficient), got {None if values is None else len(values)}")
+        return self
 
     @property
     def input_frames(self) -> int:

@@ -120,6 +120,10 @@ class InferenceSettings(BaseModel):
     batch_within_s: float = Field(0.02, gt=0, description="how long to wait to fill a micro-batch")
     torch_threads: int = Field(1, ge=1)
     executor_threads: int = Field(1, ge=1, description="threads running features + model off the event loop")
+    max_call_streams: int = Field(
+        20_000, ge=1, description="streams whose running statistics a per-call-standardised model keeps "
+        "(~1 kB each; the least recently used is dropped and starts again from the model's prior)"
+    )
 
 
 class ObservabilitySettings(BaseModel):

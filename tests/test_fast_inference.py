@@ -122,6 +122,35 @@ def test_input_normalisation_logit_scale_and_temperature_survive_the_fast_path(t
     assert_same_answers(reference, fast, speech_utterances())
 
 
+def test_a_call_normalised_model_gives_the_same_answers_on_both_paths(tmp_path: Path) -> None:
+    """Each utterance measured against the call so far (model/call_statistics.py), fast and reference."""
+    from emostream.model.call_statistics import CallPrior, CallStatistics
+
+    folder = normalised_checkpoint(tmp_path / "call")
+    raw = np.stack([mfcc_frames(resample(audio, rate_hz, 22_050), FeatureSettings())
+                    for _, audio, rate_hz in speech_utterances()])
+    prior = CallPrior.of(raw + 3.0, frames=400.0)
+    card = read_card(folder)
+    card.features = card.features.with_call_prior(prior.mean.tolist(), prior.std.tolist())
+    (folder / CARD_FILE).write_text(card.model_dump_json(indent=2))
+    reference, fast = PLBEmotionModel(folder, fast=False), PLBEmotionModel(folder, fast=True)
+    assert reference.uses_call_statistics and fast.uses_call_statistics
+    utterances = speech_utterances()
+    calls = {"reference": CallStatistics(), "fast": CallStatistics()}
+    for name, audio, rate_hz in utterances:  # one call, utterance after utterance
+        (expected,) = reference.predict([audio], rate_hz, [calls["reference"]])
+        (actual,) = fast.predict([audio], rate_hz, [calls["fast"]])
+        difference = max(abs(expected.scores[k] - actual.scores[k]) for k in expected.scores)
+        assert difference <= SCORE_TOLERANCE, f"{name}: scores differ by {difference:.2e}"
+        assert expected.label == actual.label, name
+    assert abs(calls["reference"].frames - calls["fast"].frames) <= len(utterances)  # floor frames may differ at 1e-4 dB
+    batched = fast.predict([audio for _, audio, _ in utterances[:3]], utterances[0][2], [CallStatistics()] * 3)
+    one_by_one_call = CallStatistics()
+    for (_, audio, rate_hz), together in zip(utterances[:3], batched, strict=True):
+        (alone,) = fast.predict([audio], rate_hz, [one_by_one_call])
+        assert max(abs(alone.scores[k] - together.scores[k]) for k in alone.scores) <= 1e-5
+
+
 def test_onnx_network_matches_the_eager_network() -> None:
     network, _ = load_plb(SHIPPED)
     rng = np.random.default_rng(0)

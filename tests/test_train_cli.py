@@ -104,3 +104,56 @@ def test_the_production_recipe_trains_on_its_waveform_bank_unless_told_otherwise
 
     args = build_parser().parse_args(["train", "--data", "corpus", "--name", "m", "--out", "out", *arguments])
     assert _waveform_variants(args) == expected
+
+
+def test_a_call_normalised_model_is_trained_per_speaker_and_hears_a_call_at_any_gain(
+        corpus: Path, tmp_path: Path) -> None:
+    from emostream.model.call_statistics import CallStatistics
+    from emostream.model.plb_model import PLBEmotionModel
+
+    out = tmp_path / "model"
+    done = emostream("train", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--recipe", "production",
+                     "--call-normalisation", "--waveform-variants", "none", "--epochs", "3", "--batch-size", "3",
+                     "--eager", "--quiet", "--workers", "1", "--name", "tiny", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    _, card = load_plb(out)
+    assert card.features.call_normalisation and len(card.features.call_prior_std or []) == 39
+    assert (card.training["recipe"]["gain_min_db"], card.training["recipe"]["gain_max_db"]) == (0.0, 0.0)
+    audio, rate_hz = sf.read(SPEECH_WAV, dtype="float32")
+    spans = json.loads((FIXTURES / "speech.json").read_text())["utterances"]
+    utterances = [audio[int(s["start_ms"] * rate_hz / 1000) : int(s["end_ms"] * rate_hz / 1000)] for s in spans]
+    model = PLBEmotionModel(out)
+    assert model.uses_call_statistics
+    heard = []
+    for gain in (1.0, 0.25):  # the same call 12 dB quieter: the same input, the same scores
+        call = CallStatistics()
+        heard.append([p.scores for p in model.predict([u * gain for u in utterances], rate_hz, [call] * 3)])
+        assert call.frames > 0
+    for loud, quiet in zip(*heard, strict=True):
+        assert max(abs(loud[k] - quiet[k]) for k in loud) < 1e-3
+    alone = model.predict(utterances[1:2], rate_hz)[0].scores  # no call: measured against itself and the prior
+    assert max(abs(alone[k] - heard[0][1][k]) for k in alone) > 1e-4
+    for calls in ("clip", "speaker"):
+        evaluated = emostream("evaluate", "--model", str(out), "--data", str(corpus), "--calls", calls, "--json")
+        assert evaluated.returncode == 0, evaluated.stderr
+        figures = json.loads(evaluated.stdout)
+        assert (figures["calls"], figures["samples"]) == (calls, 6)
+
+
+def test_call_normalisation_refuses_gain_augmentation_and_crossval_keeps_each_folds_prior(
+        corpus: Path, tmp_path: Path) -> None:
+    refused = emostream("train", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--recipe",
+                        "production", "--call-normalisation", "--set", "gain_min_db=-5", "--name", "x",
+                        "--out", str(tmp_path / "m"))
+    assert refused.returncode != 0 and "train with gain_min_db = gain_max_db = 0" in refused.stderr
+    out = tmp_path / "cv"
+    done = emostream("crossval", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--protocol",
+                     "speaker", "--folds", "2", "--recipe", "production", "--call-normalisation", "--waveform-variants",
+                     "none", "--epochs", "1", "--batch-size", "2", "--eager", "--quiet", "--workers", "1",
+                     "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["call_normalisation"] is True
+    from emostream.model.crossval import serve_fold
+
+    model, result = serve_fold(out, 0, ["angry", "calm", "sad"], tmp_path / "served", FeatureSettings())
+    assert model.uses_call_statistics and len(result["call_prior"]["mean"]) == 39

@@ -9,6 +9,13 @@ Per micro-batch (`stream.take(batch_max, within=batch_within_s)`):
 4. send the results to the emotions topic (key = stream id) and wait until the broker has them;
 5. then write Redis (result, latest, event log, pub/sub notice), which never blocks on an outage.
 
+A model that standardises each utterance against its call (`uses_call_statistics`, model/call_statistics.py)
+gets each stream's running statistics, kept here per stream id (`CallStatisticsCache`, bounded by
+`inference.max_call_streams`) and updated only when its prediction succeeded. They live in this worker's
+memory: after a restart or a rebalance a stream starts again from the model's prior (its next few
+results are measured against less of the call), and a segment replayed without a cached result is
+counted twice.
+
 Ordering 4 before 5 makes a cached result imply it is already on the topic, so a cache hit needs no
 re-publish. Each result is sent on its own: a send that fails is retried (`RESULT_SEND_ATTEMPTS`),
 then its segment is dead-lettered; the batch's other results go on (and only sent results are
@@ -26,6 +33,7 @@ keys, overwritten).
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +41,7 @@ from typing import Any
 
 import numpy as np
 from emostream.model.base import EmotionModel, Prediction
+from emostream.model.call_statistics import CallStatistics
 from emostream.schemas.audio import INT16_FULL_SCALE
 from emostream.schemas.errors import RecordError
 from emostream.schemas.event import EmotionEvent, LatencyBreakdown
@@ -111,10 +120,40 @@ def parse_segment(received: _Received) -> _Segment:
     return _Segment(received, header, waveform)
 
 
+class CallStatisticsCache:
+    """Running statistics per stream id, the least recently used dropped past `max_streams`. A batch
+    works on copies (`for_segments`) that replace the kept ones only once its predictions succeeded
+    (`keep`), so a failed batch retried segment by segment counts no utterance twice."""
+
+    def __init__(self, max_streams: int) -> None:
+        self.max_streams = max_streams
+        self._streams: OrderedDict[str, CallStatistics] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def for_segments(self, stream_ids: Sequence[str]) -> list[CallStatistics]:
+        """One copy per stream, shared by that stream's segments (in their order)."""
+        copies: dict[str, CallStatistics] = {}
+        for stream_id in stream_ids:
+            if stream_id not in copies:
+                kept = self._streams.get(stream_id)
+                copies[stream_id] = kept.copy() if kept is not None else CallStatistics()
+        return [copies[stream_id] for stream_id in stream_ids]
+
+    def keep(self, stream_ids: Sequence[str], statistics: Sequence[CallStatistics]) -> None:
+        for stream_id, call in zip(stream_ids, statistics, strict=True):
+            self._streams[stream_id] = call
+            self._streams.move_to_end(stream_id)
+        while len(self._streams) > self.max_streams:
+            self._streams.popitem(last=False)
+
+
 class InferenceStage:
     def __init__(self, ctx: WorkerContext, model: EmotionModel) -> None:
         self.ctx = ctx
         self.model = model
+        self.calls = CallStatisticsCache(ctx.settings.inference.max_call_streams)
         self._executor = ThreadPoolExecutor(
             max_workers=ctx.settings.inference.executor_threads,
             thread_name_prefix="emostream-inference",
@@ -176,12 +215,7 @@ class InferenceStage:
             return
         started = time.perf_counter()
         try:
-            predictions = await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                self.model.predict,
-                [s.waveform for s in todo],
-                SEGMENT_SAMPLE_RATE_HZ,
-            )
+            predictions = await self._predict(todo)
         except Exception as error:  # noqa: BLE001 - one bad segment must not stop the stage: retry one by one
             log.warning("batch of %d failed (%s); retrying segment by segment", len(todo), error)
             predictions = await self._predict_one_by_one(todo)
@@ -280,14 +314,22 @@ class InferenceStage:
             return _done(error)
         return _outcome(delivery)
 
+    async def _predict(self, segments: Sequence[_Segment]) -> list[Prediction]:
+        """Features + model in the executor; a call-standardised model's statistics kept on success."""
+        stream_ids = [s.header.stream_id for s in segments]
+        calls = self.calls.for_segments(stream_ids) if self.model.uses_call_statistics else None
+        predictions = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.model.predict, [s.waveform for s in segments], SEGMENT_SAMPLE_RATE_HZ, calls
+        )
+        if calls is not None:
+            self.calls.keep(stream_ids, calls)
+        return predictions
+
     async def _predict_one_by_one(self, todo: list[_Segment]) -> list[Prediction | None]:
-        loop = asyncio.get_running_loop()
         predictions: list[Prediction | None] = []
         for segment in todo:
             try:
-                (prediction,) = await loop.run_in_executor(
-                    self._executor, self.model.predict, [segment.waveform], SEGMENT_SAMPLE_RATE_HZ
-                )
+                (prediction,) = await self._predict([segment])
                 predictions.append(prediction)
             except Exception as error:  # noqa: BLE001 - any model failure: dead-letter this segment, go on
                 await self._dead_letter(

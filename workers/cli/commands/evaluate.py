@@ -16,11 +16,15 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", type=Path, help="write the confusion matrix as PNG")
     parser.add_argument("--label-map", default="", help="map corpus labels to model labels, e.g. "
                         "'anger=angry,happiness=happy' (clips whose label is not in the model are skipped)")
+    parser.add_argument("--calls", choices=["clip", "speaker"], default="clip",
+                        help="for a call-normalised model: each clip a call of its own (its first utterance), or "
+                        "each speaker's clips one call in corpus order (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from emostream.model.audio_io import AudioInputError, read_audio
+    from emostream.model.call_statistics import CallStatistics
     from emostream.model.datasets import load_corpus
     from emostream.model.metrics import plot_confusion_matrix, score
     from emostream.model.registry import load_model
@@ -30,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     label_map = dict(pair.split("=", 1) for pair in args.label_map.split(",") if "=" in pair)
     true_ids, predicted_ids, skipped = [], [], []
+    calls: dict[str, CallStatistics] = {}
     for clip in load_corpus(args.data, args.labels, args.layout):
         label = label_map.get(clip.label, clip.label)
         if label not in model.labels:
@@ -40,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         except AudioInputError as error:
             skipped.append(str(error))
             continue
-        prediction = model.predict([audio], sample_rate_hz)[0]
+        if args.calls == "speaker" and not clip.speaker:
+            raise SystemExit(f"--calls speaker: {clip.path} has no speaker in the label file")
+        call = calls.setdefault(clip.speaker, CallStatistics()) if args.calls == "speaker" else CallStatistics()
+        prediction = model.predict([audio], sample_rate_hz, [call])[0]
         true_ids.append(model.labels.index(label))
         predicted_ids.append(model.labels.index(prediction.label))
     for message in skipped:
@@ -49,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         print("no clip could be evaluated", file=sys.stderr)
         return 1
     figures = {"model": model.name, "version": model.version, "data": str(args.data), "skipped": len(skipped),
+               "calls": args.calls if model.uses_call_statistics else None,
                **score(true_ids, predicted_ids, model.labels)}
     if args.plot:
         plot_confusion_matrix(figures["confusion_matrix"], model.labels, args.plot,

@@ -39,6 +39,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         "the same frames (default: %(default)s)")
     parser.add_argument("--level-dbfs", type=float, help="features.level_dbfs: scale every utterance to this "
                         "active-speech level before features, in training and (through the card) serving")
+    parser.add_argument("--call-normalisation", action="store_true",
+                        help="standardise each speaker's clips with their own statistics and serve each call against "
+                        "its own (model/call_statistics.py); trains without gain augmentation")
     parser.add_argument("--eager", action="store_true", help="do not torch.compile the training step")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -50,6 +53,12 @@ def _recipe(args: argparse.Namespace):  # -> TrainingRecipe
 
     default_epochs = {"thesis": 300, "production": 60}[args.recipe]
     overrides, _ = split_overrides(args.set, TrainingRecipe, PLBConfig)
+    if args.call_normalisation:  # a call's gain is what it removes
+        if overrides.get("gain_min_db") or overrides.get("gain_max_db"):
+            from emostream.model.call_statistics import GAIN_REFUSED
+
+            raise SystemExit(f"--call-normalisation: {GAIN_REFUSED}")
+        overrides = {**overrides, "gain_min_db": 0.0, "gain_max_db": 0.0}
     return RECIPES[args.recipe](args.epochs or default_epochs, **{"batch_size": args.batch_size, "seed": args.seed,
                                                                    "compile": not args.eager, **overrides})
 
@@ -122,7 +131,8 @@ def run_train(args: argparse.Namespace) -> int:
     metrics = json.loads(args.metrics_json.read_text()) if args.metrics_json else None
     card = train_release(table, args.name, args.version, _recipe(args), args.out, feature_settings(args),
                          args.describe_data or str(args.data or args.features), args.device, metrics,
-                         progress=not args.quiet, config=_network(args, len(table.labels)))
+                         progress=not args.quiet, config=_network(args, len(table.labels)),
+                         call_normalisation=args.call_normalisation)
     print(json.dumps({"name": card.name, "version": card.version, "folder": str(args.out),
                       "parameters": card.parameter_count, "labels": card.labels}))
     return 0
@@ -140,7 +150,8 @@ def run_crossval(args: argparse.Namespace) -> int:
         table_path = args.out / "features.npz"
         table.save(table_path)
     summary = crossval(table_path, args.out, args.protocol, args.folds, _recipe(args), args.device, args.workers,
-                       args.only_folds, progress=not args.quiet, config=_network(args, len(table.labels)))
+                       args.only_folds, progress=not args.quiet, config=_network(args, len(table.labels)),
+                       call_normalisation=args.call_normalisation)
     if args.plot:
         from emostream.model.metrics import plot_confusion_matrix
 

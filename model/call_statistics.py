@@ -1,0 +1,129 @@
+"""Per-call standardisation of the MFCC input: each coefficient measured against the caller's own voice.
+
+A speaker's average MFCC (their timbre, their microphone, the line's gain) says nothing about emotion;
+how an utterance departs from that speaker's average does. In training each speaker's clips are
+standardised with that speaker's statistics (`standardise_per_speaker`); served, a call's statistics
+(`CallStatistics`) accumulate over its utterances, the current one included. Early in a call they
+rest on few frames, so they are blended with the training speakers' pooled statistics (`CallPrior`)
+counted as `prior_frames` frames, moved to the call's own level first: the prior shapes the spread and
+the spectrum, never the loudness, so a call at any gain gets the same input.
+
+Statistics are taken over speech frames only: a frame whose MFCC 0 is above its clip's floor (the
+-80 dB floor of `power_to_db` that padding and digital silence sit at). Every frame, padding
+included, is standardised, so padding stays far below speech. Measured on speaker folds in
+model/PLB.md ("Per-call standardisation").
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PRIOR_FRAMES = 400.0  # about 2.5 utterances: measured best of 150 / 400 on speaker fold 0 (model/PLB.md)
+GAIN_REFUSED = ("call normalisation removes a call's gain, so gain augmentation would only add noise: train "
+                "with gain_min_db = gain_max_db = 0")
+FLOOR_MARGIN = 1e-3  # a frame within this of its clip's lowest MFCC 0 is at the floor (no speech)
+MIN_STD = 1e-3
+
+
+def speech_frames(features: np.ndarray) -> np.ndarray:
+    """(..., frames, coefficients) -> (..., frames) bool: frames above their clip's floor."""
+    energy = features[..., 0]
+    return energy > energy.min(axis=-1, keepdims=True) + FLOOR_MARGIN
+
+
+@dataclass(frozen=True)
+class CallPrior:
+    """Pooled statistics of the training speakers' speech frames, and how many frames they count as."""
+
+    mean: np.ndarray  # (coefficients,)
+    std: np.ndarray
+    frames: float
+
+    @classmethod
+    def of(cls, clips: np.ndarray, frames: float) -> "CallPrior":
+        """From raw training features (clips, frames, coefficients)."""
+        speech = np.asarray(clips, dtype=np.float64)[speech_frames(clips)]
+        return cls(speech.mean(axis=0), speech.std(axis=0).clip(MIN_STD), frames)
+
+
+@dataclass
+class CallStatistics:
+    """Running sums over a call's speech frames: what `standardise` measures the call's input against."""
+
+    frames: float = 0.0
+    total: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    squares: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def copy(self) -> "CallStatistics":
+        return CallStatistics(self.frames, self.total.copy(), self.squares.copy())
+
+    def add(self, windows: np.ndarray) -> None:
+        """Count the speech frames of one utterance's (windows, frames, coefficients) features."""
+        speech = np.asarray(windows, dtype=np.float64)[speech_frames(windows)]
+        if not len(speech):
+            return
+        if not self.frames:
+            self.total, self.squares = np.zeros(speech.shape[1]), np.zeros(speech.shape[1])
+        self.frames += len(speech)
+        self.total += speech.sum(axis=0)
+        self.squares += np.square(speech).sum(axis=0)
+
+    def mean_std(self, prior: CallPrior | None) -> tuple[np.ndarray, np.ndarray]:
+        """The call's mean and standard deviation per coefficient, blended with `prior` (if any)."""
+        if prior is None or prior.frames <= 0:
+            if self.frames < 2:
+                raise ValueError("a call's statistics need 2 or more speech frames, or a prior")
+            mean = self.total / self.frames
+            return mean, np.sqrt(np.maximum(self.squares / self.frames - mean**2, MIN_STD**2))
+        prior_mean = prior.mean.copy()
+        if self.frames:
+            prior_mean[0] = self.total[0] / self.frames  # the call's level, never the prior's
+        count = self.frames + prior.frames
+        total = (self.total if self.frames else 0.0) + prior.frames * prior_mean
+        squares = (self.squares if self.frames else 0.0) + prior.frames * (prior.std**2 + prior_mean**2)
+        mean = total / count
+        return mean, np.sqrt(np.maximum(squares / count - mean**2, MIN_STD**2))
+
+    def standardise(self, windows: np.ndarray, prior: CallPrior | None) -> np.ndarray:
+        mean, std = self.mean_std(prior)
+        return ((windows - mean) / std).astype(np.float32)
+
+
+def standardise_utterances(windows: np.ndarray, counts: Sequence[int], calls: Sequence[CallStatistics],
+                           prior: CallPrior | None) -> np.ndarray:
+    """Stacked windows of utterances (`counts` windows each, in call order) standardised with their
+    calls' statistics, each call first counting the utterance itself. Same shape, float32."""
+    if len(calls) != len(counts):
+        raise ValueError(f"{len(counts)} utterances but statistics of {len(calls)} calls")
+    result = np.empty_like(windows, dtype=np.float32)
+    start = 0
+    for count, call in zip(counts, calls, strict=True):
+        utterance = windows[start : start + count]
+        call.add(utterance)
+        result[start : start + count] = call.standardise(utterance, prior)
+        start += count
+    return result
+
+
+def standardise_per_speaker(features: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
+    """Training features standardised with each speaker's own statistics, each waveform variant apart
+    (a call's own channel gives its own statistics: telephone audio is measured against telephone audio).
+
+    features: (clips, frames, coefficients) or (clips, variants, frames, coefficients).
+    """
+    bank = features if features.ndim == 4 else features[:, None]
+    if len(speakers) != len(bank):
+        raise ValueError(f"{len(bank)} clips but {len(speakers)} speakers")
+    result = np.empty_like(bank, dtype=np.float32)
+    names = np.array(speakers)
+    for speaker in dict.fromkeys(speakers):
+        rows = np.flatnonzero(names == speaker)
+        for variant in range(bank.shape[1]):
+            statistics = CallStatistics()
+            statistics.add(bank[rows, variant])
+            try:
+                result[rows, variant] = statistics.standardise(bank[rows, variant], None)
+            except ValueError as error:
+                raise ValueError(f"speaker {speaker!r}, variant {variant}: {error}") from None
+    return result if features.ndim == 4 else result[:, 0]

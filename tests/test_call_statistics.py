@@ -1,0 +1,84 @@
+"""Per-call standardisation (model/call_statistics.py): what training and serving measure a call against."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from emostream.model.call_statistics import (
+    CallPrior,
+    CallStatistics,
+    speech_frames,
+    standardise_per_speaker,
+    standardise_utterances,
+)
+from emostream.model.features import utterance_windows
+from emostream.schemas.model_card import FeatureSettings
+
+from tests._benchmark_helpers import load_benchmark
+
+SPEECH = Path(__file__).parent / "fixtures" / "speech.wav"
+
+
+def speech_windows(gains_db: list[float], seconds: float = 3.0, offset_s: float = 0.0) -> np.ndarray:
+    """A piece of the fixture at each gain, as (gains, frames, coefficients) model inputs."""
+    speech, rate_hz = sf.read(SPEECH, dtype="float32")
+    speech = 0.5 * speech / np.abs(speech).max()
+    piece = speech[int(offset_s * rate_hz) : int((offset_s + seconds) * rate_hz)]
+    return np.stack([utterance_windows(piece * np.float32(10 ** (g / 20)), rate_hz, FeatureSettings())[0]
+                     for g in gains_db])
+
+
+def test_a_speakers_gain_is_removed_and_their_speech_frames_are_standardised() -> None:
+    quiet, loud = speech_windows([-12.0, 6.0])
+    # Two speakers, one clip each, two variants per clip (the second 18 dB louder or quieter).
+    features = np.stack([np.stack([quiet, loud]), np.stack([loud, quiet])])
+    normalised = standardise_per_speaker(features, ["a", "b"])
+    np.testing.assert_allclose(normalised[0, 0], normalised[1, 1], atol=1e-4)  # same audio, own statistics
+    np.testing.assert_allclose(normalised[0, 0], normalised[0, 1], atol=2e-2)  # the gain is gone
+    speech = speech_frames(features[0, 0])
+    assert 0.3 < speech.mean() < 0.9  # 3 s of speech in a 4.5 s window: the padding is not speech
+    frames = normalised[0, 0][speech]
+    np.testing.assert_allclose(frames.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(frames.std(axis=0), 1.0, atol=1e-3)
+    assert normalised[0, 0][~speech, 0].max() < frames[:, 0].min()  # padding stays below speech
+    np.testing.assert_array_equal(standardise_per_speaker(features[:, 0], ["a", "b"]), normalised[:, 0])
+
+
+def test_a_speaker_without_speech_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="speaker 'a', variant 0: .*2 or more speech frames"):
+        standardise_per_speaker(np.zeros((1, 196, 39), np.float32), ["a"])
+
+
+def test_a_call_at_any_gain_gets_the_same_input_and_the_prior_fades() -> None:
+    first, second = speech_windows([0.0], offset_s=0.0)[0], speech_windows([0.0], offset_s=3.0)[0]
+    prior = CallPrior.of(np.stack([first, second]) + 5.0, frames=400.0)  # a prior not at this call's level
+    heard = {}
+    for gain_db in (0.0, 12.0):
+        shift = np.float32(gain_db * np.sqrt(128))  # a gain moves MFCC 0 alone (features.input_shift_per_db)
+        windows = np.stack([first, second]).copy()
+        windows[..., 0] += shift
+        call = CallStatistics()
+        heard[gain_db] = standardise_utterances(windows, [1, 1], [call, call], prior)
+        assert call.frames == speech_frames(windows).sum()  # both utterances counted
+    np.testing.assert_allclose(heard[0.0], heard[12.0], atol=1e-3)
+    # With the prior the first utterance is measured against more than itself; without one it is
+    # exactly standardised by its own frames.
+    alone = CallStatistics()
+    own = standardise_utterances(first[None], [1], [alone], None)[0][speech_frames(first)]
+    np.testing.assert_allclose(own.mean(axis=0), 0.0, atol=1e-4)
+    assert np.abs(heard[0.0][0][speech_frames(first)].mean(axis=0)).max() > 0.05
+
+
+def test_statistics_and_utterances_must_pair_up() -> None:
+    with pytest.raises(ValueError, match="2 utterances but statistics of 1 calls"):
+        standardise_utterances(np.zeros((2, 196, 39), np.float32), [1, 1], [CallStatistics()], None)
+
+
+def test_the_level_only_ablation_moves_mfcc_0_alone() -> None:
+    bench = load_benchmark("call_normalisation")
+    quiet, loud = speech_windows([-12.0, 6.0])
+    features = np.stack([np.stack([quiet]), np.stack([loud])])
+    moved = bench.level_per_speaker(features, ["a", "b"])
+    np.testing.assert_array_equal(moved[..., 1:], features[..., 1:])
+    np.testing.assert_allclose(moved[0, 0, :, 0], moved[1, 0, :, 0], atol=0.3)  # 18 dB (204 in MFCC 0) before
