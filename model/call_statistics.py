@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PRIOR_FRAMES = 400.0  # about 2.5 utterances: measured best of 150 / 400 on speaker fold 0 (model/PLB.md)
 GAIN_REFUSED = ("call normalisation removes a call's gain, so gain augmentation would only add noise: train "
                 "with gain_min_db = gain_max_db = 0")
 FLOOR_MARGIN = 1e-3  # a frame within this of its clip's lowest MFCC 0 is at the floor (no speech)

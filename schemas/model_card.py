@@ -41,7 +41,8 @@ class FeatureSettings(BaseModel):
         "(model/call_statistics.py)",
     )
     call_prior_frames: float = Field(400.0, ge=0, description="how many of a call's frames the prior counts as "
-                                     "(400: about 2.5 utterances)")
+                                     "(400, about 2.5 utterances: of 0 / 150 / 400 / 1,000 measured, the middle "
+                                     "ground between a call's first utterance and its later ones; model/PLB.md)")
     call_prior_mean: list[float] | None = Field(None, description="training speakers' pooled mean per coefficient")
     call_prior_std: list[float] | None = Field(None, description="training speakers' pooled std per coefficient")
 
