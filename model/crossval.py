@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from emostream.model.call_statistics import GAIN_REFUSED
 from emostream.model.feature_table import FeatureTable
 from emostream.model.metrics import benefit_cost_ratio, fold_summary, score
 from emostream.model.plb import (
@@ -73,13 +72,11 @@ def run_fold(job: FoldJob) -> dict[str, object]:
     device = pick_device(job.device)
     train, test = np.array(job.train_indices), np.array(job.test_indices)
     config = job.config or PLBConfig(num_classes=len(table.labels))
-    features, shift_per_db, call_prior = table.features, table.input_shift_per_db(), None
-    if job.call_normalisation:
-        if job.recipe.gain_min_db or job.recipe.gain_max_db:
-            raise ValueError(GAIN_REFUSED)
-        features, shift_per_db = table.standardised_per_speaker(job.table_path), None
-        prior = table.call_prior(train, job.call_prior_frames)
-        call_prior = {"mean": prior.mean.tolist(), "std": prior.std.tolist(), "frames": prior.frames}
+    features, shift_per_db, prior = table.training_inputs(
+        job.call_normalisation, train, job.call_prior_frames, bool(job.recipe.gain_min_db or job.recipe.gain_max_db),
+        job.table_path)
+    call_prior = None if prior is None else {"mean": prior.mean.tolist(), "std": prior.std.tolist(),
+                                             "frames": prior.frames}
     originals = features[:, 0] if features.ndim == 4 else features
     started = time.time()
     model, history = train_plb(

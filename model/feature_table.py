@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from emostream.model.call_statistics import CallPrior, standardise_per_speaker
+from emostream.model.call_statistics import GAIN_REFUSED, CallPrior, standardise_per_speaker
 from emostream.model.features import input_shift_per_db
 from emostream.schemas.model_card import FeatureSettings
 
@@ -43,18 +43,23 @@ class FeatureTable:
         """(clips, frames, coefficients): the clips as they are (what evaluation scores)."""
         return self.features[:, 0] if self.variants is not None else self.features
 
-    def standardised_per_speaker(self, source: Path | str) -> np.ndarray:
-        """The features standardised with each speaker's own statistics (call normalisation's training
-        input, model/call_statistics.py); refuses clips without a speaker."""
+    def training_inputs(self, call_normalisation: bool, prior_rows: np.ndarray, prior_frames: float,
+                        gain_augmentation: bool, source: Path | str
+                        ) -> tuple[np.ndarray, np.ndarray | None, CallPrior | None]:
+        """What a recipe trains on: the features and their shift per dB of gain, and no prior; or, with
+        call normalisation (model/call_statistics.py), the features standardised with each speaker's own
+        statistics, no shift (a call's gain is what that removes) and the prior of the clips `prior_rows`
+        as recorded. Refuses call normalisation with gain augmentation, or clips without a speaker."""
+        if not call_normalisation:
+            return self.features, self.input_shift_per_db(), None
+        if gain_augmentation:
+            raise FeatureTableError(f"{source}: {GAIN_REFUSED}")
         unknown = sum(1 for speaker in self.speakers if not speaker)
         if unknown:
             raise FeatureTableError(f"{source}: {unknown} clips have no speaker; call normalisation trains "
                                     "per speaker (give labels.csv a speaker column)")
-        return standardise_per_speaker(self.features, self.speakers)
-
-    def call_prior(self, rows: np.ndarray, frames: float) -> CallPrior:
-        """The pooled statistics of these clips as recorded: a call-normalised model's prior."""
-        return CallPrior.of(self.original_features()[rows], frames)
+        prior = CallPrior.of(self.original_features()[prior_rows], prior_frames)
+        return standardise_per_speaker(self.features, self.speakers), None, prior
 
     def input_shift_per_db(self) -> np.ndarray | None:
         """What 1 dB of gain adds to each coefficient (for gain augmentation); None without settings."""

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from emostream.model.call_statistics import GAIN_REFUSED
 from emostream.model.checkpoint import save_checkpoint
 from emostream.model.feature_table import FeatureTable
 from emostream.model.plb import PLBConfig, count_parameters, count_parameters_with_bn_statistics
@@ -32,12 +31,10 @@ def train_release(
     and serve each call against its own (model/call_statistics.py); the card carries the prior."""
     config = config or PLBConfig(num_classes=len(table.labels))
     out_folder.mkdir(parents=True, exist_ok=True)
-    inputs, shift_per_db = table.features, table.input_shift_per_db()
-    if call_normalisation:
-        if recipe.gain_min_db or recipe.gain_max_db:
-            raise ValueError(GAIN_REFUSED)
-        inputs, shift_per_db = table.standardised_per_speaker(data_description), None
-        prior = table.call_prior(np.arange(len(table.label_ids)), features.call_prior_frames)
+    inputs, shift_per_db, prior = table.training_inputs(
+        call_normalisation, np.arange(len(table.label_ids)), features.call_prior_frames,
+        bool(recipe.gain_min_db or recipe.gain_max_db), data_description)
+    if prior is not None:
         features = features.with_call_prior(prior.mean.tolist(), prior.std.tolist())
     model, history = train_plb(inputs, table.label_ids, config, recipe, pick_device(device),
                                state_path=out_folder / "training-state.pt", progress=progress, description=name,

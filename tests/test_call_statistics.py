@@ -82,3 +82,21 @@ def test_the_level_only_ablation_moves_mfcc_0_alone() -> None:
     moved = bench.level_per_speaker(features, ["a", "b"])
     np.testing.assert_array_equal(moved[..., 1:], features[..., 1:])
     np.testing.assert_allclose(moved[0, 0, :, 0], moved[1, 0, :, 0], atol=0.3)  # 18 dB (204 in MFCC 0) before
+
+
+def test_training_inputs_refuse_gain_and_clips_without_a_speaker_by_name() -> None:
+    from emostream.model.feature_table import FeatureTable, FeatureTableError
+
+    windows = speech_windows([0.0, -6.0])
+    table = FeatureTable(windows, np.array([0, 1]), ["a", "b"], ["s1", ""], ["x.wav", "y.wav"], FeatureSettings())
+    same, shift, prior = table.training_inputs(False, np.arange(2), 400.0, True, "t.npz")
+    assert same is table.features and shift is not None and prior is None
+    with pytest.raises(FeatureTableError, match="t.npz: call normalisation removes a call's gain"):
+        table.training_inputs(True, np.arange(2), 400.0, True, "t.npz")
+    with pytest.raises(FeatureTableError, match="t.npz: 1 clips have no speaker"):
+        table.training_inputs(True, np.arange(2), 400.0, False, "t.npz")
+    table.speakers = ["s1", "s2"]
+    inputs, shift, prior = table.training_inputs(True, np.array([0]), 400.0, False, "t.npz")
+    assert shift is None and prior is not None and prior.frames == 400.0
+    np.testing.assert_allclose(prior.mean, windows[0][speech_frames(windows[0])].astype(np.float64).mean(axis=0))
+    np.testing.assert_array_equal(inputs, standardise_per_speaker(windows, ["s1", "s2"]))
