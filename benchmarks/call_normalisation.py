@@ -34,19 +34,19 @@ import json
 from pathlib import Path
 
 import numpy as np
-from emostream.model.call_statistics import CallPrior, CallStatistics, standardise_per_speaker
+from emostream.model.call_statistics import (
+    CallPrior,
+    CallStatistics,
+    per_speaker_statistics,
+    standardise_per_speaker,
+)
 
 
 def level_per_speaker(bank: np.ndarray, groups: list[str]) -> np.ndarray:
     """MFCC 0 minus each group's mean over its speech frames (each variant apart); the rest as it is."""
     result = bank.astype(np.float32).copy()
-    names = np.array(groups)
-    for group in dict.fromkeys(groups):
-        rows = np.flatnonzero(names == group)
-        for variant in range(bank.shape[1]):
-            statistics = CallStatistics()
-            statistics.add(bank[rows, variant])
-            result[rows, variant, :, 0] -= np.float32(statistics.total[0] / statistics.frames)
+    for _, rows, variant, statistics in per_speaker_statistics(bank, groups):
+        result[rows, variant, :, 0] -= np.float32(statistics.total[0] / statistics.frames)
     return result
 
 

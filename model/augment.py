@@ -27,7 +27,7 @@ class BatchAugmenter:
 
     def __init__(self, recipe: TrainingRecipe, num_classes: int, seed: int,
                  mask_fill: torch.Tensor | None = None, shift_per_db: torch.Tensor | None = None) -> None:
-        if (recipe.gain_min_db or recipe.gain_max_db) and shift_per_db is None:
+        if recipe.gain_augmentation and shift_per_db is None:
             raise ValueError("recipe asks for gain augmentation but the features' shift per dB is unknown "
                              "(a feature table without settings)")
         self.recipe = recipe
@@ -38,9 +38,9 @@ class BatchAugmenter:
 
     def gain(self, inputs: torch.Tensor) -> torch.Tensor:
         """Each clip as if its audio were gain_min_db..gain_max_db louder: a constant shift of its input."""
-        low, high = self.recipe.gain_min_db, self.recipe.gain_max_db
-        if not (low or high):
+        if not self.recipe.gain_augmentation:
             return inputs
+        low, high = self.recipe.gain_min_db, self.recipe.gain_max_db
         assert self.shift_per_db is not None
         gains_db = low + (high - low) * torch.rand(len(inputs), 1, 1, 1, generator=self.generator)
         return inputs + (gains_db * self.shift_per_db).to(inputs.device)

@@ -14,7 +14,7 @@ included, is standardised, so padding stays far below speech. Measured on speake
 model/PLB.md ("Per-call standardisation").
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,6 +105,21 @@ def standardise_utterances(windows: np.ndarray, counts: Sequence[int], calls: Se
     return result
 
 
+def per_speaker_statistics(bank: np.ndarray, speakers: Sequence[str]
+                           ) -> Iterator[tuple[str, np.ndarray, int, CallStatistics]]:
+    """(speaker, their rows, variant, statistics of those rows' speech frames) for every speaker of a
+    (clips, variants, frames, coefficients) bank, each waveform variant apart."""
+    if len(speakers) != len(bank):
+        raise ValueError(f"{len(bank)} clips but {len(speakers)} speakers")
+    names = np.array(speakers)
+    for speaker in dict.fromkeys(speakers):
+        rows = np.flatnonzero(names == speaker)
+        for variant in range(bank.shape[1]):
+            statistics = CallStatistics()
+            statistics.add(bank[rows, variant])
+            yield speaker, rows, variant, statistics
+
+
 def standardise_per_speaker(features: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
     """Training features standardised with each speaker's own statistics, each waveform variant apart
     (a call's own channel gives its own statistics: telephone audio is measured against telephone audio).
@@ -112,17 +127,10 @@ def standardise_per_speaker(features: np.ndarray, speakers: Sequence[str]) -> np
     features: (clips, frames, coefficients) or (clips, variants, frames, coefficients).
     """
     bank = features if features.ndim == 4 else features[:, None]
-    if len(speakers) != len(bank):
-        raise ValueError(f"{len(bank)} clips but {len(speakers)} speakers")
     result = np.empty_like(bank, dtype=np.float32)
-    names = np.array(speakers)
-    for speaker in dict.fromkeys(speakers):
-        rows = np.flatnonzero(names == speaker)
-        for variant in range(bank.shape[1]):
-            statistics = CallStatistics()
-            statistics.add(bank[rows, variant])
-            try:
-                result[rows, variant] = statistics.standardise(bank[rows, variant], None)
-            except ValueError as error:
-                raise ValueError(f"speaker {speaker!r}, variant {variant}: {error}") from None
+    for speaker, rows, variant, statistics in per_speaker_statistics(bank, speakers):
+        try:
+            result[rows, variant] = statistics.standardise(bank[rows, variant], None)
+        except ValueError as error:
+            raise ValueError(f"speaker {speaker!r}, variant {variant}: {error}") from None
     return result if features.ndim == 4 else result[:, 0]

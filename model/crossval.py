@@ -73,7 +73,7 @@ def run_fold(job: FoldJob) -> dict[str, object]:
     train, test = np.array(job.train_indices), np.array(job.test_indices)
     config = job.config or PLBConfig(num_classes=len(table.labels))
     features, shift_per_db, prior = table.training_inputs(
-        job.call_normalisation, train, job.call_prior_frames, bool(job.recipe.gain_min_db or job.recipe.gain_max_db),
+        job.call_normalisation, train, job.call_prior_frames, job.recipe.gain_augmentation,
         job.table_path)
     call_prior = None if prior is None else {"mean": prior.mean.tolist(), "std": prior.std.tolist(),
                                              "frames": prior.frames}
@@ -189,8 +189,7 @@ def serve_fold(out_dir: Path, fold: int, labels: list[str], folder: Path, featur
     network, result = load_fold_network(out_dir, fold)
     prior = result.get("call_prior")
     if prior:
-        features = FeatureSettings(**{**features.model_dump(), "call_prior_frames": prior["frames"]}
-                                   ).with_call_prior(prior["mean"], prior["std"])
+        features = features.with_call_prior(prior["mean"], prior["std"], prior["frames"])
     card = ModelCard(name=f"fold-{fold}", version="cv", architecture="plb", labels=labels, features=features,
                      architecture_options=network.config.to_dict(), parameter_count=count_parameters(network),
                      weights_file="", weights_sha256="")

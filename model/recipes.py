@@ -53,6 +53,11 @@ class TrainingRecipe:
         if self.gain_min_db > self.gain_max_db:
             raise ValueError(f"recipe gain_min_db {self.gain_min_db} is above gain_max_db {self.gain_max_db}")
 
+    @property
+    def gain_augmentation(self) -> bool:
+        """Whether clips are trained at a random gain (gain_min_db..gain_max_db not both 0)."""
+        return bool(self.gain_min_db or self.gain_max_db)
+
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 

@@ -46,10 +46,12 @@ class FeatureSettings(BaseModel):
     call_prior_mean: list[float] | None = Field(None, description="training speakers' pooled mean per coefficient")
     call_prior_std: list[float] | None = Field(None, description="training speakers' pooled std per coefficient")
 
-    def with_call_prior(self, mean: list[float], std: list[float]) -> "FeatureSettings":
-        """These settings with call normalisation on and its prior set (validated)."""
+    def with_call_prior(self, mean: list[float], std: list[float], frames: float | None = None) -> "FeatureSettings":
+        """These settings with call normalisation on and its prior set (validated); `frames` None keeps
+        call_prior_frames."""
         return FeatureSettings(**{**self.model_dump(), "call_normalisation": True, "call_prior_mean": mean,
-                                  "call_prior_std": std})
+                                  "call_prior_std": std,
+                                  "call_prior_frames": self.call_prior_frames if frames is None else frames})
 
     @model_validator(mode="after")
     def _call_prior_fits(self) -> "FeatureSettings":
