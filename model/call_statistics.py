@@ -134,3 +134,45 @@ def standardise_per_speaker(features: np.ndarray, speakers: Sequence[str]) -> np
         except ValueError as error:
             raise ValueError(f"speaker {speaker!r}, variant {variant}: {error}") from None
     return result if features.ndim == 4 else result[:, 0]
+
+
+def _speech_sums(clips: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per clip of (clips, frames, coefficients): speech frames, their sum and their sum of squares."""
+    speech = speech_frames(clips)[..., None]
+    values = np.asarray(clips, dtype=np.float64)
+    return speech[..., 0].sum(axis=1).astype(np.float64), (values * speech).sum(axis=1), \
+        (np.square(values) * speech).sum(axis=1)
+
+
+def standardise_partial_calls(bank: np.ndarray, speakers: Sequence[str], prior: CallPrior,
+                              rng: np.random.Generator) -> np.ndarray:
+    """A feature bank standardised as a call's utterances are served, early ones included.
+
+    The first variant (the clips as recorded, what evaluation scores) is standardised with all of its
+    speaker's clips, as `standardise_per_speaker` does. Every other (clip, variant) is standardised as
+    if it were the k-th utterance of a call: with the statistics of itself and k - 1 of its speaker's
+    other clips of that variant, drawn at random, blended with `prior` exactly as serving blends. k is
+    drawn log-uniformly from 1 to the speaker's clip count, so a call's first few utterances, which
+    served statistics rest on least, get as much weight as the rest of the call together.
+
+    bank: (clips, variants, frames, coefficients) -> float32 of the same shape.
+    """
+    if bank.ndim != 4 or bank.shape[1] < 2:
+        raise ValueError("partial-call statistics need a feature bank with two or more waveform variants "
+                         f"(clips, variants, frames, coefficients); got shape {bank.shape}")
+    result = standardise_per_speaker(bank[:, :1], speakers)
+    result = np.concatenate([result, np.empty((bank.shape[0], bank.shape[1] - 1, *bank.shape[2:]), np.float32)],
+                            axis=1)
+    names = np.array(speakers)
+    for variant in range(1, bank.shape[1]):
+        frames, total, squares = _speech_sums(bank[:, variant])
+        for speaker in dict.fromkeys(speakers):
+            rows = np.flatnonzero(names == speaker)
+            for row in rows:
+                count = min(len(rows), int(np.exp(rng.uniform(0.0, np.log(len(rows) + 1)))))
+                others = rng.choice(rows[rows != row], size=max(0, count - 1), replace=False)
+                chosen = np.append(others, row)
+                call = CallStatistics(float(frames[chosen].sum()), total[chosen].sum(axis=0),
+                                      squares[chosen].sum(axis=0))
+                result[row, variant] = call.standardise(bank[row, variant], prior)
+    return result

@@ -73,7 +73,7 @@ def run_fold(job: FoldJob) -> dict[str, object]:
     train, test = np.array(job.train_indices), np.array(job.test_indices)
     config = job.config or PLBConfig(num_classes=len(table.labels))
     features, shift_per_db, prior = table.training_inputs(
-        job.call_normalisation, train, job.call_prior_frames, job.recipe.gain_augmentation,
+        job.call_normalisation, train, job.call_prior_frames, job.recipe,
         job.table_path)
     call_prior = None if prior is None else {"mean": prior.mean.tolist(), "std": prior.std.tolist(),
                                              "frames": prior.frames}

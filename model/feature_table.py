@@ -5,8 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from emostream.model.call_statistics import GAIN_REFUSED, CallPrior, standardise_per_speaker
+from emostream.model.call_statistics import GAIN_REFUSED, CallPrior, standardise_partial_calls, standardise_per_speaker
 from emostream.model.features import input_shift_per_db
+from emostream.model.recipes import TrainingRecipe
 from emostream.schemas.model_card import FeatureSettings
 
 
@@ -44,22 +45,31 @@ class FeatureTable:
         return self.features[:, 0] if self.variants is not None else self.features
 
     def training_inputs(self, call_normalisation: bool, prior_rows: np.ndarray, prior_frames: float,
-                        gain_augmentation: bool, source: Path | str
+                        recipe: TrainingRecipe, source: Path | str
                         ) -> tuple[np.ndarray, np.ndarray | None, CallPrior | None]:
-        """What a recipe trains on: the features and their shift per dB of gain, and no prior; or, with
+        """What `recipe` trains on: the features and their shift per dB of gain, and no prior; or, with
         call normalisation (model/call_statistics.py), the features standardised with each speaker's own
-        statistics, no shift (a call's gain is what that removes) and the prior of the clips `prior_rows`
+        statistics (or, with the recipe's partial_call_statistics, the waveform variants with a partial
+        call's), no shift (a call's gain is what that removes) and the prior of the clips `prior_rows`
         as recorded. Refuses call normalisation with gain augmentation, or clips without a speaker."""
         if not call_normalisation:
+            if recipe.partial_call_statistics:
+                raise FeatureTableError(f"{source}: the recipe's partial_call_statistics needs call normalisation")
             return self.features, self.input_shift_per_db(), None
-        if gain_augmentation:
+        if recipe.gain_augmentation:
             raise FeatureTableError(f"{source}: {GAIN_REFUSED}")
         unknown = sum(1 for speaker in self.speakers if not speaker)
         if unknown:
             raise FeatureTableError(f"{source}: {unknown} clips have no speaker; call normalisation trains "
                                     "per speaker (give labels.csv a speaker column)")
         prior = CallPrior.of(self.original_features()[prior_rows], prior_frames)
-        return standardise_per_speaker(self.features, self.speakers), None, prior
+        if not recipe.partial_call_statistics:
+            return standardise_per_speaker(self.features, self.speakers), None, prior
+        try:
+            inputs = standardise_partial_calls(self.features, self.speakers, prior, np.random.default_rng(recipe.seed))
+        except ValueError as error:
+            raise FeatureTableError(f"{source}: {error}") from None
+        return inputs, None, prior
 
     def input_shift_per_db(self) -> np.ndarray | None:
         """What 1 dB of gain adds to each coefficient (for gain augmentation); None without settings."""

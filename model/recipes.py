@@ -40,6 +40,9 @@ class TrainingRecipe:
     coefficient_mask_width: int = 0
     gain_min_db: float = 0.0  # each clip played this many dB louder (or quieter, negative), drawn uniformly
     gain_max_db: float = 0.0  # from [gain_min_db, gain_max_db] per clip per batch; both 0 = off
+    # with call normalisation: waveform variants standardised as a call's k-th utterance is served
+    # (call_statistics.standardise_partial_calls), not with all of their speaker's clips
+    partial_call_statistics: bool = False
     seed: int = 0
     checkpoint_every_epochs: int = 10
     eval_every_epochs: int = 10  # learning curve on an eval set, when one is given

@@ -33,7 +33,7 @@ def train_release(
     out_folder.mkdir(parents=True, exist_ok=True)
     inputs, shift_per_db, prior = table.training_inputs(
         call_normalisation, np.arange(len(table.label_ids)), features.call_prior_frames,
-        recipe.gain_augmentation, data_description)
+        recipe, data_description)
     if prior is not None:
         features = features.with_call_prior(prior.mean.tolist(), prior.std.tolist())
     model, history = train_plb(inputs, table.label_ids, config, recipe, pick_device(device),

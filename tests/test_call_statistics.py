@@ -9,10 +9,12 @@ from emostream.model.call_statistics import (
     CallPrior,
     CallStatistics,
     speech_frames,
+    standardise_partial_calls,
     standardise_per_speaker,
     standardise_utterances,
 )
 from emostream.model.features import utterance_windows
+from emostream.model.recipes import TrainingRecipe
 from emostream.schemas.model_card import FeatureSettings
 
 from tests._benchmark_helpers import load_benchmark
@@ -84,19 +86,64 @@ def test_the_level_only_ablation_moves_mfcc_0_alone() -> None:
     np.testing.assert_allclose(moved[0, 0, :, 0], moved[1, 0, :, 0], atol=0.3)  # 18 dB (204 in MFCC 0) before
 
 
+GAIN = TrainingRecipe(gain_min_db=-10.0, gain_max_db=25.0)
+PLAIN = TrainingRecipe()
+
+
 def test_training_inputs_refuse_gain_and_clips_without_a_speaker_by_name() -> None:
     from emostream.model.feature_table import FeatureTable, FeatureTableError
 
     windows = speech_windows([0.0, -6.0])
     table = FeatureTable(windows, np.array([0, 1]), ["a", "b"], ["s1", ""], ["x.wav", "y.wav"], FeatureSettings())
-    same, shift, prior = table.training_inputs(False, np.arange(2), 400.0, True, "t.npz")
+    same, shift, prior = table.training_inputs(False, np.arange(2), 400.0, GAIN, "t.npz")
     assert same is table.features and shift is not None and prior is None
     with pytest.raises(FeatureTableError, match="t.npz: call normalisation removes a call's gain"):
-        table.training_inputs(True, np.arange(2), 400.0, True, "t.npz")
+        table.training_inputs(True, np.arange(2), 400.0, GAIN, "t.npz")
     with pytest.raises(FeatureTableError, match="t.npz: 1 clips have no speaker"):
-        table.training_inputs(True, np.arange(2), 400.0, False, "t.npz")
+        table.training_inputs(True, np.arange(2), 400.0, PLAIN, "t.npz")
     table.speakers = ["s1", "s2"]
-    inputs, shift, prior = table.training_inputs(True, np.array([0]), 400.0, False, "t.npz")
+    inputs, shift, prior = table.training_inputs(True, np.array([0]), 400.0, PLAIN, "t.npz")
     assert shift is None and prior is not None and prior.frames == 400.0
     np.testing.assert_allclose(prior.mean, windows[0][speech_frames(windows[0])].astype(np.float64).mean(axis=0))
     np.testing.assert_array_equal(inputs, standardise_per_speaker(windows, ["s1", "s2"]))
+
+
+def test_partial_calls_standardise_variants_as_a_calls_kth_utterance_and_keep_the_clips_as_recorded() -> None:
+    from emostream.model.feature_table import FeatureTable, FeatureTableError
+
+    # Two speakers with three clips each, two variants per clip (as recorded; 9 dB louder).
+    clips = [speech_windows([gain], seconds=2.0, offset_s=offset)[0] for gain, offset in
+             [(0.0, 0.0), (-6.0, 1.0), (3.0, 2.0), (-3.0, 0.5), (0.0, 1.5), (-9.0, 2.5)]]
+    louder = [speech_windows([gain + 9.0], seconds=2.0, offset_s=offset)[0] for gain, offset in
+              [(0.0, 0.0), (-6.0, 1.0), (3.0, 2.0), (-3.0, 0.5), (0.0, 1.5), (-9.0, 2.5)]]
+    bank = np.stack([np.stack(pair) for pair in zip(clips, louder, strict=True)])
+    speakers = ["a", "a", "a", "b", "b", "b"]
+    prior = CallPrior.of(bank[:, 0], 400.0)
+    inputs = standardise_partial_calls(bank, speakers, prior, np.random.default_rng(0))
+    assert inputs.shape == bank.shape and inputs.dtype == np.float32
+    # the clips as recorded (what evaluation scores) are standardised with all of their speaker's clips
+    np.testing.assert_array_equal(inputs[:, 0], standardise_per_speaker(bank[:, 0], speakers))
+    # each other variant as the k-th utterance of a call of that variant: itself and k - 1 of the speaker's
+    # other clips, blended with the prior; one of these standardisations, k and the others drawn at random
+    for row, speaker in enumerate(speakers):
+        own = [r for r, s in enumerate(speakers) if s == speaker and r != row]
+        candidates = [[row], *[[row, r] for r in own], [row, *own]]
+        distances = []
+        for chosen in candidates:
+            call = CallStatistics()
+            call.add(bank[chosen, 1])
+            distances.append(np.abs(inputs[row, 1] - call.standardise(bank[row, 1], prior)).max())
+        assert min(distances) < 1e-4, (row, distances)
+    np.testing.assert_array_equal(inputs, standardise_partial_calls(bank, speakers, prior, np.random.default_rng(0)))
+    # through a feature table: only with call normalisation and a waveform bank, errors naming the table
+    table = FeatureTable(bank, np.array([0, 1, 0, 1, 0, 1]), ["x", "y"], speakers, [f"{i}.wav" for i in range(6)],
+                         FeatureSettings(), variants=["original", "gain-9db"])
+    partial = TrainingRecipe(partial_call_statistics=True)
+    trained, shift, table_prior = table.training_inputs(True, np.arange(6), 400.0, partial, "bank.npz")
+    np.testing.assert_array_equal(trained, inputs)
+    assert shift is None and table_prior is not None
+    with pytest.raises(FeatureTableError, match="bank.npz: the recipe's partial_call_statistics needs call norm"):
+        table.training_inputs(False, np.arange(6), 400.0, partial, "bank.npz")
+    clips_only = FeatureTable(bank[:, 0], table.label_ids, table.labels, speakers, table.paths, FeatureSettings())
+    with pytest.raises(FeatureTableError, match="clips.npz: partial-call statistics need a feature bank"):
+        clips_only.training_inputs(True, np.arange(6), 400.0, partial, "clips.npz")
