@@ -33,6 +33,7 @@ from emostream.model.features import utterance_windows
 from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.registry import resolve
 from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ
+from emostream.schemas.settings import DEFAULT_MODEL
 
 UTTERANCE_S = 4.5
 INPUT_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # what the streaming pipeline hands the model
@@ -87,7 +88,8 @@ def path_figures(model: PLBEmotionModel, runs: int, batches: list[int]) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="plb-ravdess8", help="registry name or checkpoint folder")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name or checkpoint folder (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--batches", default="1,4,16", help="utterances per predict() call")
     args = parser.parse_args()

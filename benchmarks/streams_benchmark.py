@@ -63,7 +63,7 @@ from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, AudioEncoding
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import latest_key, result_key, results_channel
 from emostream.schemas.segment import SegmentHeader
-from emostream.schemas.settings import Settings
+from emostream.schemas.settings import DEFAULT_MODEL, Settings
 from emostream.workers.cli.clients.producer import encode_s16
 from emostream.workers.cli.clients.tail import (
     BadResult,
@@ -1139,7 +1139,7 @@ def main() -> int:
         "--batch-max", type=int, default=4, help="inference micro-batch (CPU: small is faster)"
     )
     parser.add_argument(
-        "--model", default="plb-ravdess8", help="registry name or checkpoint folder"
+        "--model", default=DEFAULT_MODEL, help="registry name or checkpoint folder (default: %(default)s)"
     )
     parser.add_argument(
         "--drain-s",

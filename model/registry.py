@@ -14,9 +14,9 @@ from pathlib import Path
 from emostream.model.base import EmotionModel
 from emostream.model.checkpoint import CheckpointError, read_card
 from emostream.schemas.model_card import ModelCard
+from emostream.schemas.settings import DEFAULT_MODEL
 
 SHIPPED_CHECKPOINTS = Path(__file__).parent / "checkpoints"
-DEFAULT_MODEL = "plb-ravdess8"
 
 
 def _load_plb(folder: Path) -> EmotionModel:

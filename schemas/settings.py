@@ -112,8 +112,13 @@ class VadSettings(BaseModel):
         return frame_ms
 
 
+# The model served, analysed and evaluated when none is named: per-call standardised PLB (its card, and
+# model/PLB.md, say why it replaced plb-ravdess8 v3). Every default of a model name reads it from here.
+DEFAULT_MODEL = "plb-ravdess8-call"
+
+
 class InferenceSettings(BaseModel):
-    model: str = Field("plb-ravdess8", description="name in the model registry (`emostream models`)")
+    model: str = Field(DEFAULT_MODEL, description="name in the model registry (`emostream models`)")
     batch_max: int = Field(
         4, ge=1, description="micro-batch size; on CPU a larger batch is not faster per segment, only later"
     )

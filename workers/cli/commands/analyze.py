@@ -5,11 +5,14 @@ import json
 import sys
 from pathlib import Path
 
+from emostream.schemas.settings import DEFAULT_MODEL
+
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("analyze", help="classify the emotion of each utterance in audio files")
     parser.add_argument("files", nargs="+", type=Path, help="WAV / FLAC / OGG, any common sample rate, mono")
-    parser.add_argument("--model", default="plb-ravdess8", help="registry name or checkpoint folder")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name or checkpoint folder (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {start_s, end_s, label, scores}")
     parser.add_argument("--plot", type=Path, help="draw the emotion timeline as PNG (one file only)")
     parser.add_argument("--no-vad", action="store_true", help="classify each file as one utterance")

@@ -5,12 +5,14 @@ import json
 import sys
 from pathlib import Path
 
+from emostream.schemas.settings import DEFAULT_MODEL
 from emostream.workers.cli.commands._corpus import add_corpus_arguments
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("evaluate", help="WAR, UAR, macro-F1, per-class report of a model on a folder")
-    parser.add_argument("--model", default="plb-ravdess8", help="registry name or checkpoint folder")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name or checkpoint folder (default: %(default)s)")
     add_corpus_arguments(parser, features_option=False)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--plot", type=Path, help="write the confusion matrix as PNG")
