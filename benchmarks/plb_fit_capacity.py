@@ -24,6 +24,7 @@ from emostream.model.plb import PLBConfig, PLBNet
 from emostream.model.recipes import TrainingRecipe
 from emostream.model.registry import resolve
 from emostream.model.training import predict_logits, train_plb
+from emostream.schemas.settings import DEFAULT_MODEL
 
 BATCH = 32
 CPU = torch.device("cpu")
@@ -94,7 +95,8 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=PLBConfig.dropout)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--model", default="plb-ravdess8-call", help="registry name or checkpoint folder")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name or checkpoint folder (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

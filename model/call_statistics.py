@@ -160,9 +160,8 @@ def standardise_partial_calls(bank: np.ndarray, speakers: Sequence[str], prior: 
     if bank.ndim != 4 or bank.shape[1] < 2:
         raise ValueError("partial-call statistics need a feature bank with two or more waveform variants "
                          f"(clips, variants, frames, coefficients); got shape {bank.shape}")
-    result = standardise_per_speaker(bank[:, :1], speakers)
-    result = np.concatenate([result, np.empty((bank.shape[0], bank.shape[1] - 1, *bank.shape[2:]), np.float32)],
-                            axis=1)
+    result = np.empty(bank.shape, dtype=np.float32)
+    result[:, :1] = standardise_per_speaker(bank[:, :1], speakers)
     names = np.array(speakers)
     for variant in range(1, bank.shape[1]):
         frames, total, squares = _speech_sums(bank[:, variant])

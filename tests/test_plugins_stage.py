@@ -116,9 +116,9 @@ def _events() -> list[EmotionEvent]:
     ]
 
 
-def _ledger_reader(settings: Settings, plugin: str, events: list[EmotionEvent]) -> Callable[[], bool]:
+def _ledger_reader(client: redis.Redis, settings: Settings, plugin: str, events: list[EmotionEvent]
+                   ) -> Callable[[], bool]:
     """Whether the Redis delivery ledger marks every event as delivered to `plugin`."""
-    client = redis.Redis.from_url(settings.redis.url)
 
     def marked() -> bool:
         return all(
@@ -219,7 +219,7 @@ async def test_isolation_ordering_and_dead_letters(
 
 
 async def test_at_least_once_across_a_crash_with_idempotency(
-    hooks: Hooks, stack_settings: Settings, spawn_worker
+    hooks: Hooks, stack_settings: Settings, stack_redis: redis.Redis, spawn_worker
 ) -> None:
     """Offsets are committed only when every plugin is done: a crash while /gated still refuses
     replays those events; the Redis ledger keeps /fast from getting them twice."""
@@ -233,7 +233,7 @@ async def test_at_least_once_across_a_crash_with_idempotency(
         await _wait_for(lambda: hooks.attempts["gated"] >= 6, 10, "retries at /gated", worker)
         # The ledger's marks are written in batches (LEDGER_FLUSH_INTERVAL_S): a crash inside that window
         # may duplicate, as documented. The crash under test comes after /fast's marks are in Redis.
-        marked = _ledger_reader(stack_settings, "fast", events)
+        marked = _ledger_reader(stack_redis, stack_settings, "fast", events)
         await _wait_for(marked, 30, "/fast's deliveries in the Redis ledger", worker)
         worker.kill()  # crash: nothing acknowledged (gated never accepted), nothing committed
         hooks.gate_open = True
