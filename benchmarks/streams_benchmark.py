@@ -918,6 +918,8 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
             "workers": round(worker_cpu, 3),
             **{stage: round(value, 3) for stage, value in by_stage.items()},
             "broker+redis": round(infra_cpu, 3),
+            "broker": round(cores["broker"], 3),
+            "redis": round(cores["redis"], 3),
             "load_generator": round(cores["load_generator"], 3),
         },
         "cpu_ms_per_stream_s": {
@@ -1013,7 +1015,7 @@ def format_run(report: Mapping[str, Any]) -> str:
         )
     stages = " ".join(f"{stage} {cpu[stage]:.2f}" for stage in ("vad", "inference") if stage in cpu)
     lines.append(
-        f"  CPU cores: {stages} broker+redis {cpu['broker+redis']:.2f} "
+        f"  CPU cores: {stages} broker {cpu['broker']:.2f} redis {cpu['redis']:.2f} "
         f"generator {cpu['load_generator']:.2f} | per stream: workers "
         f"{report['cpu_ms_per_stream_s']['workers']:.2f} ms/s, all "
         f"{report['cpu_ms_per_stream_s']['all']:.2f} ms/s | sender late p99 "

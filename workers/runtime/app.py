@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 from emostream.schemas.settings import KafkaSettings, Settings
+from emostream.workers.runtime.kafka_config import require_sasl_mechanism
 from faust.types import TopicT
 
 if TYPE_CHECKING:
+    from emostream.workers.runtime.consumer_view import ConsumerView
     from emostream.workers.runtime.dead_letters import DeadLetterSink
     from emostream.workers.runtime.liveness import Liveness
     from emostream.workers.runtime.metrics import WorkerMetrics
@@ -32,6 +34,7 @@ __all__ = [
     "WorkerContext",
     "broker_credentials",
     "broker_urls",
+    "consume_without_faust",
     "create_app",
     "create_worker_context",
     "declare_topics",
@@ -53,15 +56,10 @@ def broker_urls(kafka: KafkaSettings) -> list[str]:
 def broker_credentials(kafka: KafkaSettings) -> faust.SASLCredentials | faust.SSLCredentials | None:
     """faust credentials for SASL (PLAIN / SCRAM) over PLAINTEXT or SSL, or plain SSL, or none."""
     if kafka.security_protocol.startswith("SASL"):
-        if not kafka.sasl_mechanism:
-            raise ValueError(
-                f"kafka security_protocol {kafka.security_protocol} needs EMOSTREAM_KAFKA__SASL_MECHANISM "
-                "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
-            )
         return faust.SASLCredentials(
             username=kafka.sasl_username,
             password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            mechanism=kafka.sasl_mechanism,
+            mechanism=require_sasl_mechanism(kafka),
             ssl_context=kafka.ssl_context() if kafka.security_protocol == "SASL_SSL" else None,
         )
     if kafka.security_protocol == "SSL":
@@ -120,6 +118,15 @@ def create_app(settings: Settings, *, stage: str) -> faust.App:
     )
 
 
+def consume_without_faust(app: faust.App) -> None:
+    """The stage consumes with its own consumer (`workers.runtime.batch_consumer`): faust's consumer,
+    conductor and table manager are not started (the app keeps its producer, timers and tasks), so
+    faust never joins the stage's consumer group."""
+    from faust.app.base import BootStrategy
+
+    app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False)
+
+
 @dataclass(frozen=True)
 class StageTopics:
     audio: TopicT
@@ -163,9 +170,12 @@ class WorkerContext:
     dead_letters: "DeadLetterSink"
     liveness: "Liveness"  # stages call `liveness.took(tp, offset)` for each record they take
     health: dict[str, object]  # extra /healthz fields a stage keeps up to date
+    # the input consumer: faust's, unless the stage consumes with its own (the VAD stage's BatchConsumer)
+    consumer: "ConsumerView"
 
 
 def create_worker_context(settings: Settings, *, stage: str) -> WorkerContext:
+    from emostream.workers.runtime.consumer_view import FaustConsumerView
     from emostream.workers.runtime.dead_letters import DeadLetterSink
     from emostream.workers.runtime.liveness import Liveness
     from emostream.workers.runtime.metrics import WorkerMetrics
@@ -174,13 +184,15 @@ def create_worker_context(settings: Settings, *, stage: str) -> WorkerContext:
     app = create_app(settings, stage=stage)
     topics = declare_topics(app, settings)
     metrics = WorkerMetrics(stage)
-    return WorkerContext(
+    ctx = WorkerContext(
         app=app,
         topics=topics,
         settings=settings,
         store=ResultStore(settings.redis),
         metrics=metrics,
         dead_letters=DeadLetterSink(topics.dead_letters, stage=stage, metrics=metrics),
-        liveness=Liveness(app, stall_after_s=settings.observability.liveness_stall_s),
+        liveness=Liveness(app, consumer=lambda: ctx.consumer, stall_after_s=settings.observability.liveness_stall_s),
         health={},
+        consumer=FaustConsumerView(app),
     )
+    return ctx

@@ -1,7 +1,8 @@
 """Liveness of one worker process: is it doing its job, or should it be restarted?
 
 A worker is *not live* when
-- an agent (a stage's consumer loop) has stopped (crashed or returned), or
+- an agent (a stage's consumer loop) or a watched task (a stage's own consumer, `watch`) has
+  stopped (crashed or returned), or
 - a stage reported a condition only a restart can clear (`report(problem)`; e.g. the VAD stage when
   a segment could not be delivered: its chunks can only be replayed from the committed offset), or
 - records wait in its partitions (lag: a partition's high watermark is past the next offset the
@@ -16,20 +17,30 @@ included), never ListOffsets. Readiness (started, joined its consumer group) is 
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
+
+from emostream.workers.runtime.consumer_view import ConsumerView
 
 __all__ = ["Liveness"]
 
 
 class Liveness:
-    """Checks the app's agents and its consumer's progress; `problems()` is empty while live."""
+    """Checks the app's agents, watched tasks and the input consumer's progress (`consumer()`: the
+    worker's `ConsumerView`); `problems()` is empty while live."""
 
-    def __init__(self, app: Any, *, stall_after_s: float) -> None:
+    def __init__(self, app: Any, *, consumer: Callable[[], ConsumerView], stall_after_s: float) -> None:
         self.app = app
+        self.consumer = consumer
         self.stall_after_s = stall_after_s
         self._taken: dict[Any, int] = {}  # tp -> last offset a stage took
         self._progress_at_s = time.monotonic()
         self._reported: list[str] = []
+        self._watched: dict[str, asyncio.Task[Any]] = {}
+
+    def watch(self, name: str, task: asyncio.Task[Any]) -> None:
+        """A task the worker is useless without (a stage's own consumer loop): its end fails liveness."""
+        self._watched[name] = task
 
     def took(self, tp: Any, offset: int) -> None:
         """A stage took the record at `offset` of `tp` (call once per record, any order)."""
@@ -47,22 +58,17 @@ class Liveness:
 
     def lag_records(self) -> int:
         """Records in the assigned partitions that the consumer has not read yet (0 if unknown)."""
-        consumer = self._consumer()
-        if consumer is None:
-            return 0
+        consumer = self.consumer()
         lag = 0
-        for tp in self._assignment(consumer):
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001, S112 - not fetched yet / consumer restarting
-                continue
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
             taken = self._taken.get(tp)
             if taken is not None:
                 next_offset = taken + 1
             else:  # nothing taken yet: the group's committed offset is where it starts
-                committed = consumer._committed_offset.get(tp)
+                committed = consumer.committed_offset(tp)
                 next_offset = committed if committed is not None else 0
             lag += max(0, int(highwater) - next_offset)
         return lag
@@ -74,6 +80,9 @@ class Liveness:
                 task = getattr(actor, "actor_task", None)
                 if task is not None and task.done():
                     problems.append(f"agent {name} stopped{_why(task)}")
+        for name, task in self._watched.items():
+            if task.done():
+                problems.append(f"{name} stopped{_why(task)}")
         return problems
 
     def _stalled_consumer(self) -> list[str]:
@@ -85,20 +94,6 @@ class Liveness:
         if not lag:
             self._progress_at_s = now_s  # nothing to do is not a stall
         return []
-
-    def _consumer(self) -> Any | None:
-        try:
-            consumer = self.app.consumer
-        except Exception:  # noqa: BLE001 - app not started yet
-            return None
-        return consumer if hasattr(consumer, "_read_offset") else None
-
-    @staticmethod
-    def _assignment(consumer: Any) -> set[Any]:
-        try:
-            return set(consumer.assignment())
-        except Exception:  # noqa: BLE001 - not started / rebalancing
-            return set()
 
 
 def _why(task: asyncio.Task[Any]) -> str:

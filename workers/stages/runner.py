@@ -64,7 +64,7 @@ def run_worker(stage: str, *, create_topics: bool = True) -> int:
         port=settings.observability.metrics_port,
         health=lambda: {
             "redis": "up" if ctx.store.available else "down",
-            "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in _assignment(ctx.app)),
+            "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in ctx.consumer.assignment()),
             **built.health(),
             **ctx.health,
         },
@@ -81,10 +81,3 @@ def run_worker(stage: str, *, create_topics: bool = True) -> int:
     worker = faust.Worker(ctx.app, loglevel=settings.observability.log_level, quiet=True)
     worker.execute_from_commandline()  # returns via SystemExit when stopped
     return 0
-
-
-def _assignment(app: Any) -> set[Any]:
-    try:
-        return set(app.consumer.assignment())
-    except (AttributeError, RuntimeError):  # consumer not started yet
-        return set()

@@ -5,9 +5,14 @@ dead letter, and the stream treats that seq as a lost chunk), feed the stream's 
 the segments it closes to the segments topic (key = stream id, value = 16 kHz s16le, metadata in
 headers).
 
+Consumption: the audio topic is the busiest (10 records a second per stream with 100 ms chunks), so
+it is consumed below faust's per-event stream, in fetched batches
+(`workers.runtime.batch_consumer.BatchConsumer`, the same consumer group as before); the faust app
+still produces, runs the timers and the checkpoint writer.
+
 Commit design (what makes `kill -9` safe):
-- The agent consumes with manual acks (`stream.noack()`); faust commits an offset only when every
-  record below it is acknowledged.
+- Records are acknowledged by hand; an offset is committed only when every record below it in its
+  partition is acknowledged (`OffsetTracker`).
 - A chunk is acknowledged only when no resume point still needs it: duplicates and late chunks at
   once; processed chunks once a checkpoint *behind which they lie* is stored in Redis. A checkpoint
   (`StreamCheckpoint`: next seq, stream-time anchor, end-pointer boundary = next segment index,
@@ -45,7 +50,8 @@ from typing import Any
 from emostream.schemas.audio import AudioChunkHeader, ChannelRole
 from emostream.schemas.errors import RecordError
 from emostream.schemas.segment import SegmentHeader
-from emostream.workers.runtime.app import WorkerContext
+from emostream.workers.runtime.app import WorkerContext, consume_without_faust
+from emostream.workers.runtime.batch_consumer import BatchConsumer, ConsumedRecord
 from emostream.workers.runtime.codecs import decode_to_s16
 from emostream.workers.runtime.result_store import StoreUnavailable
 from emostream.workers.stages.stream_state import (
@@ -55,7 +61,7 @@ from emostream.workers.stages.stream_state import (
     StreamParams,
     StreamState,
 )
-from faust.types import TP, EventT, StreamT
+from faust.types import TP
 
 __all__ = ["VadStage", "build"]
 
@@ -76,7 +82,7 @@ class _CheckpointJob:
     tp: TP
     checkpoint: StreamCheckpoint
     deliveries: list[Awaitable[Any]] = field(default_factory=list)
-    events: list[EventT] = field(default_factory=list)
+    events: list[ConsumedRecord] = field(default_factory=list)
 
     def merge_newer(self, newer: "_CheckpointJob") -> None:
         self.checkpoint = newer.checkpoint
@@ -104,7 +110,7 @@ class CheckpointWriter:
             current.merge_newer(job)
         self._wakeup.set()
 
-    def release(self, stream_id: str) -> list[EventT]:
+    def release(self, stream_id: str) -> list[ConsumedRecord]:
         """A stream was given up: its pending job's chunks, to dead-letter (nothing is stored)."""
         job = self._pending.pop(stream_id, None)
         return list(job.events) if job is not None else []
@@ -171,7 +177,7 @@ class CheckpointWriter:
             }
         )
         self.ctx.metrics.checkpoints.labels("stored").inc(len(delivered))
-        assigned = self.ctx.app.consumer.assignment()
+        assigned = self.ctx.consumer.assignment()
         for job in delivered.values():
             if job.tp in assigned:
                 for event in job.events:
@@ -180,7 +186,7 @@ class CheckpointWriter:
 
 @dataclass
 class _Stream:
-    state: StreamState[EventT]
+    state: StreamState[ConsumedRecord]
     tp: TP
     role: ChannelRole
     last_active_s: float
@@ -200,23 +206,38 @@ class VadStage:
         self._streams: dict[str, _Stream] = {}
         self._recent: OrderedDict[str, tuple[TP, StreamCheckpoint]] = OrderedDict()
         self._waiting: dict[
-            str, list[tuple[EventT, int]]
+            str, list[tuple[ConsumedRecord, int]]
         ] = {}  # stream id -> records held until Redis answers
         self._writer = CheckpointWriter(ctx)
         self._processed = ctx.metrics.chunks.labels("processed")
 
     def register(self) -> None:
         app = self.ctx.app
+        consume_without_faust(app)
+        consumer = BatchConsumer(
+            self.ctx.settings,
+            topic=self.ctx.settings.topics.audio,
+            group_id=app.conf.id,
+            handle=self._take,
+            on_assigned=app.on_partitions_assigned.send,
+            on_revoked=app.on_partitions_revoked.send,
+        )
+        self.ctx.consumer = consumer
 
-        async def vad(stream: StreamT) -> None:
-            async for event in stream.noack().events():  # type: ignore[attr-defined]
-                self.ctx.liveness.took(event.message.tp, event.message.offset)
-                await self.on_event(event)
+        async def consume() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.ctx.liveness.watch("vad consumer", task)
+            await consumer.run()
 
-        app.agent(self.ctx.topics.audio, name="vad")(vad)
+        app.task(consume)
         app.timer(EVICTION_INTERVAL_S, name="vad-evict-idle")(self._evict_idle)
         app.task(self._writer.run)
         app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def _take(self, record: ConsumedRecord) -> None:
+        self.ctx.liveness.took(record.message.tp, record.message.offset)
+        await self.on_event(record)
 
     def health(self) -> dict[str, object]:
         return {
@@ -242,7 +263,7 @@ class VadStage:
             await asyncio.sleep(HELD_CHUNKS_POLL_S)
         log.warning("held chunks below %d again: consuming resumed", limit)
 
-    async def on_event(self, event: EventT) -> None:
+    async def on_event(self, event: ConsumedRecord) -> None:
         """One audio record. A record that breaks processing is dead-lettered; the worker goes on."""
         await self._wait_for_room()
         try:
@@ -258,7 +279,7 @@ class VadStage:
                 event, f"processing failed: {type(error).__name__}: {error}"
             )
 
-    async def _on_event(self, event: EventT, *, received_at_ms: int) -> None:
+    async def _on_event(self, event: ConsumedRecord, *, received_at_ms: int) -> None:
         message = event.message
         try:
             header = AudioChunkHeader.from_kafka(message.key, message.headers)
@@ -288,7 +309,7 @@ class VadStage:
         await self._feed(stream, header, event, received_at_ms)
 
     async def _feed(
-        self, stream: "_Stream", header: AudioChunkHeader, event: EventT, received_at_ms: int
+        self, stream: "_Stream", header: AudioChunkHeader, event: ConsumedRecord, received_at_ms: int
     ) -> None:
         stream_id = header.stream_id
         message = event.message
@@ -388,7 +409,7 @@ class VadStage:
 
     async def _give_up(self, stream_id: str, reason: str) -> None:
         """Dead-letter and acknowledge every record a failed stream holds, then forget the stream."""
-        events: list[EventT] = [event for event, _ in self._waiting.pop(stream_id, [])]
+        events: list[ConsumedRecord] = [event for event, _ in self._waiting.pop(stream_id, [])]
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
             events += stream.state.release_all()
@@ -401,7 +422,7 @@ class VadStage:
             await self._dead_letter_and_ack(event, f"stream {stream_id}: {reason}")
         self.ctx.metrics.active_streams.set(len(self._streams))
 
-    async def _handle(self, stream_id: str, stream: _Stream, result: StepResult[EventT]) -> None:
+    async def _handle(self, stream_id: str, stream: _Stream, result: StepResult[ConsumedRecord]) -> None:
         for event in result.ack_now:
             event.ack()
         for event in result.rejected_ahead:
@@ -455,7 +476,7 @@ class VadStage:
             self._forget(stream_id)
 
     async def _send_segments(
-        self, stream_id: str, role: ChannelRole, result: StepResult[EventT]
+        self, stream_id: str, role: ChannelRole, result: StepResult[ConsumedRecord]
     ) -> list[Awaitable[Any]]:
         emitted_at_ms = now_ms()
         futures = []
@@ -483,7 +504,7 @@ class VadStage:
                 )
         return futures
 
-    async def _dead_letter_and_ack(self, event: EventT, reason: str) -> None:
+    async def _dead_letter_and_ack(self, event: ConsumedRecord, reason: str) -> None:
         await (await self.ctx.dead_letters.submit_for(event, reason))  # never raises
         event.ack()
 
