@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import redis
 from emostream.model.call_statistics import CallStatistics
-from emostream.model.registry import load_model
+from emostream.model.checkpoint import read_card
+from emostream.model.registry import load_model, resolve
 from emostream.schemas.audio import INT16_FULL_SCALE
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import result_key
@@ -25,7 +26,7 @@ def test_each_segment_is_measured_against_its_stream_so_far(make_stack_settings,
     settings = make_stack_settings(inference={"model": MODEL})
     spawn_worker("vad", settings)
     inference = spawn_worker("inference", settings)
-    assert inference.health()["model"] == f"{MODEL}@1"
+    assert inference.health()["model"] == f"{MODEL}@{read_card(resolve(MODEL)).version}"
     stream = spoken_stream()
     producer = make_audio_producer(settings)
     for stream_id, gain in zip(STREAMS, (1.0, 0.5), strict=True):
