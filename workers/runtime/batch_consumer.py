@@ -1,9 +1,11 @@
 """A consumer-group consumer that takes records in batches below faust's per-event stream.
 
 faust hands every record through its fetcher, conductor, channel queue and stream iterator before an
-agent sees it; profiled on the VAD worker at 10,000 records a second that path cost about half of the
-worker's CPU (README, "Streaming"). This consumer is aiokafka's own (`getmany`): a fetched batch goes
-to the stage's handler record by record, with nothing in between.
+agent sees it; profiled on the VAD worker at 10,000 records a second, faust's part of that path
+(draining into the stream, the conductor, the stream iteration) cost about 30 % of the worker's CPU
+and aiokafka's record unpacking 15 % more (README, "Streaming"). This consumer is aiokafka's own
+(`getmany`): a fetched batch goes to the stage's handler record by record, with nothing in between.
+Measured at 200 streams of 100 ms chunks, the VAD worker went from 0.80 to 0.34 cores.
 
 What it keeps of faust's contract, because the VAD stage's crash safety rests on it:
 - manual acknowledgement: a record's offset is committed only when it and every record before it in
