@@ -31,7 +31,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from emostream.schemas.settings import Settings
-from emostream.workers.runtime.kafka_config import aiokafka_options
+from emostream.workers.runtime.kafka_config import aiokafka_options, consumer_group_options
 
 __all__ = ["BatchConsumer", "ConsumedRecord", "OffsetTracker", "RecordMessage"]
 
@@ -207,8 +207,7 @@ class BatchConsumer:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-                session_timeout_ms=kafka.session_timeout_ms,
-                heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+                **consumer_group_options(kafka),
                 max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
             )
             consumer.subscribe([self.topic], listener=_Rebalance(self))

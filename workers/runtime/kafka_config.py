@@ -27,9 +27,9 @@ def require_sasl_mechanism(kafka: KafkaSettings) -> str:
     return kafka.sasl_mechanism
 
 
-def kafka_python_options(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
-    """Connection and security options shared by KafkaProducer, KafkaConsumer and KafkaAdminClient."""
-    options: dict[str, Any] = {
+def _connection_options(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
+    """What kafka-python's and aiokafka's clients take alike: addresses, client id, protocol, timeout."""
+    return {
         "bootstrap_servers": [
             address.strip() for address in kafka.bootstrap_servers.split(",") if address.strip()
         ],
@@ -37,12 +37,22 @@ def kafka_python_options(kafka: KafkaSettings, *, client_id: str) -> dict[str, A
         "security_protocol": kafka.security_protocol,
         "request_timeout_ms": CLIENT_REQUEST_TIMEOUT_MS,
     }
+
+
+def _sasl_options(kafka: KafkaSettings, mechanism: str) -> dict[str, Any]:
+    """SASL mechanism and PLAIN / SCRAM credentials, under the names both clients use."""
+    return {
+        "sasl_mechanism": mechanism,
+        "sasl_plain_username": kafka.sasl_username,
+        "sasl_plain_password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+    }
+
+
+def kafka_python_options(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
+    """Connection and security options shared by KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+    options = _connection_options(kafka, client_id=client_id)
     if kafka.sasl_mechanism:
-        options["sasl_mechanism"] = kafka.sasl_mechanism
-        options["sasl_plain_username"] = kafka.sasl_username
-        options["sasl_plain_password"] = (
-            kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-        )
+        options.update(_sasl_options(kafka, kafka.sasl_mechanism))
     for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         value = getattr(kafka, name)
         if value:
@@ -61,20 +71,9 @@ def consumer_group_options(kafka: KafkaSettings) -> dict[str, Any]:
 def aiokafka_options(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
     """Connection and security options of an aiokafka client (the VAD stage's batch consumer); the
     same settings as faust's (`workers.runtime.app.broker_credentials`) and kafka-python's above."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": [
-            address.strip() for address in kafka.bootstrap_servers.split(",") if address.strip()
-        ],
-        "client_id": client_id,
-        "security_protocol": kafka.security_protocol,
-        "request_timeout_ms": CLIENT_REQUEST_TIMEOUT_MS,
-    }
+    options = _connection_options(kafka, client_id=client_id)
     if kafka.security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = require_sasl_mechanism(kafka)
-        options["sasl_plain_username"] = kafka.sasl_username
-        options["sasl_plain_password"] = (
-            kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-        )
+        options.update(_sasl_options(kafka, require_sasl_mechanism(kafka)))
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = kafka.ssl_context()
     return options
