@@ -26,9 +26,12 @@ def train_release(
     progress: bool = True,
     config: PLBConfig | None = None,
     call_normalisation: bool = False,
+    served_onset_lead_in_s: float | None = None,
 ) -> ModelCard:
     """`call_normalisation`: train on each speaker's clips standardised with that speaker's statistics,
-    and serve each call against its own (model/call_statistics.py); the card carries the prior."""
+    and serve each call against its own (model/call_statistics.py); the card carries the prior.
+    `served_onset_lead_in_s`: the card's features.onset_lead_in_s, so that utterances are served with
+    their speech this far into the window, as in the training clips (whose windows are their own)."""
     config = config or PLBConfig(num_classes=len(table.labels))
     out_folder.mkdir(parents=True, exist_ok=True)
     inputs, shift_per_db, prior = table.training_inputs(
@@ -36,6 +39,8 @@ def train_release(
         recipe, data_description)
     if prior is not None:
         features = features.with_call_prior(prior.mean.tolist(), prior.std.tolist())
+    if served_onset_lead_in_s is not None:
+        features = features.model_copy(update={"onset_lead_in_s": served_onset_lead_in_s})
     model, history = train_plb(inputs, table.label_ids, config, recipe, pick_device(device),
                                state_path=out_folder / "training-state.pt", progress=progress, description=name,
                                shift_per_db=shift_per_db)

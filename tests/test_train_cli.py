@@ -40,12 +40,13 @@ def test_train_writes_a_loadable_checkpoint_with_its_card(corpus: Path, tmp_path
     out = tmp_path / "model"
     done = emostream("train", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--recipe", "production",
                      "--epochs", "3", "--batch-size", "3", "--eager", "--quiet", "--workers", "1",
-                     "--name", "tiny", "--version", "7", "--out", str(out))
+                     "--name", "tiny", "--version", "7", "--serve-onset-lead-in-s", "0.5", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["labels"] == ["angry", "calm", "sad"]
     assert "tiny epoch 3/3 eager" in done.stderr  # one progress line per epoch under --quiet
     network, card = load_plb(out)
     assert card.version == "7" and card.training["recipe"]["name"] == "production"
+    assert card.features.onset_lead_in_s == 0.5  # served with onset normalisation
     assert card.architecture_options["input_normalisation"] == "per-coefficient"
     assert len(card.training["learning_curve"]) == 3
     assert float(network.input_std.min()) > 0  # statistics fitted on the corpus, saved with the weights

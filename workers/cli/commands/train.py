@@ -94,6 +94,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--version", default="1", help="model version (part of every result's idempotency key)")
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder; training resumes from it")
     train.add_argument("--describe-data", default="", help="text for the card's training.data")
+    train.add_argument("--serve-onset-lead-in-s", type=float, metavar="SECONDS",
+                       help="the card's features.onset_lead_in_s: serve each utterance with its speech this far into "
+                       "the window, where it sits in the training clips (RAVDESS: 1.0); training is unchanged")
     train.add_argument("--metrics-json", type=Path, help="cross-validation summaries (JSON object) for the card")
     train.set_defaults(handler=reporting_errors(run_train, _bad_input))
 
@@ -132,7 +135,8 @@ def run_train(args: argparse.Namespace) -> int:
     card = train_release(table, args.name, args.version, _recipe(args), args.out, feature_settings(args),
                          args.describe_data or str(args.data or args.features), args.device, metrics,
                          progress=not args.quiet, config=_network(args, len(table.labels)),
-                         call_normalisation=args.call_normalisation)
+                         call_normalisation=args.call_normalisation,
+                         served_onset_lead_in_s=args.serve_onset_lead_in_s)
     print(json.dumps({"name": card.name, "version": card.version, "folder": str(args.out),
                       "parameters": card.parameter_count, "labels": card.labels}))
     return 0
