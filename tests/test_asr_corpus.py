@@ -14,10 +14,12 @@ from emostream.model.asr_corpus import (
     load_transcribed_corpus,
 )
 from emostream.model.synthetic_speech import (
+    PROSE_WORDS_RANGE,
     SYNTHETIC_SAMPLE_RATE_HZ,
     EspeakNotInstalledError,
     espeak_binary,
     random_sentences,
+    stdlib_prose_sentences,
     synthesise_corpus,
 )
 
@@ -72,10 +74,22 @@ def test_a_csv_without_transcripts_is_refused_by_name(tmp_path: Path) -> None:
         load_transcribed_corpus(tmp_path)
 
 
-def test_random_sentences_are_varied_and_reproducible() -> None:
-    sentences = random_sentences(50, seed=3)
-    assert sentences == random_sentences(50, seed=3) and sentences != random_sentences(50, seed=4)
+@pytest.mark.parametrize("text", ["prose", "templates"])
+def test_random_sentences_are_varied_and_reproducible(text: str) -> None:
+    sentences = random_sentences(50, seed=3, text=text)
+    assert sentences == random_sentences(50, seed=3, text=text) and sentences != random_sentences(50, seed=4, text=text)
     assert len(set(sentences)) >= 45 and all(s == s.lower() and s.replace(" ", "").isalpha() for s in sentences)
+
+
+def test_prose_sentences_cover_a_large_vocabulary_without_repeats_until_used_up() -> None:
+    prose = stdlib_prose_sentences()
+    assert len(prose) > 2_000 and len({word for sentence in prose for word in sentence.split()}) > 2_000
+    assert all(PROSE_WORDS_RANGE[0] <= len(sentence.split()) <= PROSE_WORDS_RANGE[1] for sentence in prose)
+    drawn = random_sentences(len(prose) + 10, seed=0)
+    assert sorted(drawn[: len(prose)]) == sorted(prose)  # every sentence once before any repeat
+    assert set(drawn[len(prose):]) <= set(prose)
+    with pytest.raises(ValueError, match="text source 'poems' unknown"):
+        random_sentences(1, text="poems")
 
 
 @pytest.mark.skipif(espeak_binary() is None, reason="espeak-ng not installed (apt-get install espeak-ng; "
@@ -90,7 +104,7 @@ def test_synthetic_corpus_has_varied_voices_and_exact_transcripts(tmp_path: Path
         audio, rate_hz = sf.read(str(clip.path), dtype="float32")
         assert rate_hz == SYNTHETIC_SAMPLE_RATE_HZ and np.abs(audio).max() > 0.05
         durations_s.append(len(audio) / rate_hz)
-    assert all(0.8 < d < 8.0 for d in durations_s)  # a sentence of 4-9 words
+    assert all(0.8 < d < 15.0 for d in durations_s)  # a sentence of 4-20 words
 
 
 def test_synthesis_without_espeak_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -63,6 +63,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     synthesise.add_argument("--out", type=Path, required=True, help="folder for the FLAC files and labels.csv")
     synthesise.add_argument("--utterances", type=int, default=1000)
     synthesise.add_argument("--seed", type=int, default=0)
+    synthesise.add_argument("--text", choices=["prose", "templates"], default="prose",
+                            help="prose: sentences of the Python standard library's docstrings (~4,700 words); "
+                            "templates: short sentences from a fixed list of ~110 words (default: %(default)s)")
+    synthesise.add_argument("--workers", type=int, default=2, help="espeak-ng processes at once")
     synthesise.set_defaults(handler=reporting_errors(run_synthesise, _bad_input))
 
 
@@ -152,6 +156,6 @@ def run_finetune(args: argparse.Namespace) -> int:
 def run_synthesise(args: argparse.Namespace) -> int:
     from emostream.model.synthetic_speech import synthesise_corpus
 
-    labels = synthesise_corpus(args.out, args.utterances, args.seed)
+    labels = synthesise_corpus(args.out, args.utterances, args.seed, args.text, args.workers)
     print(json.dumps({"labels": str(labels), "utterances": args.utterances}))
     return 0
