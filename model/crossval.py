@@ -45,16 +45,22 @@ class FoldJob:
 
 
 def make_folds(table: FeatureTable, protocol: str, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    indices = np.arange(len(table.label_ids))
+    return split_folds(table.label_ids, table.speakers, protocol, folds, seed)
+
+
+def split_folds(label_ids: np.ndarray, speakers: list[str], protocol: str, folds: int, seed: int
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) indices per fold. Speaker folds depend only on the speaker set and its clip counts
+    (not the clips' order), so every model trained on a corpus is held out on the same speakers."""
+    indices = np.arange(len(label_ids))
     if protocol == "stratified":
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        return list(splitter.split(indices, table.label_ids))
+        return list(splitter.split(indices, label_ids))
     if protocol == "speaker":
-        speakers = np.array(table.speakers)
-        if len(set(table.speakers)) < folds or "" in set(table.speakers):
+        if len(set(speakers)) < folds or "" in set(speakers):
             raise ValueError(f"speaker-independent folds need >= {folds} known speakers, "
-                             f"found {len(set(table.speakers) - {''})}")
-        return list(GroupKFold(n_splits=folds).split(indices, table.label_ids, groups=speakers))
+                             f"found {len(set(speakers) - {''})}")
+        return list(GroupKFold(n_splits=folds).split(indices, label_ids, groups=np.array(speakers)))
     raise ValueError(f"protocol {protocol!r} unknown; use one of {', '.join(PROTOCOLS)}")
 
 

@@ -61,3 +61,46 @@ def test_a_transfer_mode_without_an_encoder_is_one_error_line(tmp_path: Path,
     assert main(["asr-finetune", "--data", str(corpus), "--mode", "tl", "--out", str(tmp_path / "m"),
                  "--name", "x", "--epochs", "1", *TINY]) == 2
     assert "error: fine-tuning mode tl: needs a pre-trained CTC encoder" in capsys.readouterr().err
+
+
+def _digit_corpus(folder: Path) -> Path:
+    """Twelve FSDD clips of three speakers, the digit word as the 'emotion' label."""
+    clips = [c for c in load_fsdd(FSDD) if c.speaker in ("george", "jackson", "lucas")
+             and c.transcript in ("one", "two") and c.path.stem.rsplit("_", 1)[1] in ("0", "1")]
+    folder.mkdir()
+    with (folder / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "transcript", "speaker", "label"])
+        writer.writerows([str(c.path), c.transcript, c.speaker, c.transcript] for c in clips)
+    return folder
+
+
+def test_speaker_folds_hold_out_each_speaker_once_and_report_cer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus, extra = _digit_corpus(tmp_path / "corpus"), _corpus(tmp_path / "extra")
+    encoder = tmp_path / "encoder"
+    assert main(["asr-pretrain", "--data", str(corpus), "--data", str(extra), "--exclude-speakers", "lucas",
+                 "--out", str(encoder), "--vocabulary", "8", "--epochs", "1", "--batch-size", "4", *TINY]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["utterances"] == 8 + 4  # lucas's 8 left out
+    assert "without speakers lucas" in json.loads((encoder / "ctc.json").read_text())["training"]["data"]
+
+    out = tmp_path / "cv"
+    arguments = ["asr-crossval", "--data", str(corpus), "--pretrained", str(encoder), "--folds", "3",
+                 "--out", str(out), "--epochs", "1", "--batch-size", "4", *TINY]
+    assert main(arguments) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["folds_run"] == [0, 1, 2] and summary["mode"] == "tl+mtl" and summary["labels"] == ["one", "two"]
+    folds = [json.loads((out / f"fold-{n:02d}.json").read_text()) for n in range(3)]
+    assert sorted(s for fold in folds for s in fold["test_speakers"]) == ["george", "jackson", "lucas"]
+    assert all(fold["test_clips"] == 4 and fold["train_clips"] == 8 for fold in folds)
+    assert all(0.0 <= fold["held_out_transcripts"]["cer"] for fold in folds)  # tl+mtl transcribes
+    assert summary["cer_per_fold"] == [fold["held_out_transcripts"]["cer"] for fold in folds]
+    baseline_arguments = ["asr-crossval", "--data", str(corpus), "--mode", "baseline", "--folds", "3", "--only-folds",
+                          "1", "--out", str(tmp_path / "base"), "--epochs", "1", "--batch-size", "4", "--set",
+                          "channels=8", "--set", "hidden=8", "--set", "heads=2", *TINY[10:]]
+    assert main(baseline_arguments) == 0
+    baseline = json.loads(capsys.readouterr().out)
+    assert baseline["folds_run"] == [1] and baseline["cer_per_fold"] == [None]  # no CTC head
+    (out / "fold-00.json").write_text(json.dumps({**folds[0], "war": 0.123}))
+    assert main(arguments) == 0  # finished folds are kept, not retrained
+    assert json.loads(capsys.readouterr().out)["war_percent_per_fold"][0] == 12.3

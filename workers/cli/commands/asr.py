@@ -16,10 +16,12 @@ NETWORK_SIZES = ("small", "paper")  # model/asr_multitask.py: SMALL (2 CPU cores
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True,
+    parser.add_argument("--data", type=Path, required=True, action="append",
                         help="corpus folder: labels.csv with path,transcript[,speaker,label] columns, or "
-                        "LibriSpeech's <speaker>/<chapter>/*.trans.txt layout")
+                        "LibriSpeech's <speaker>/<chapter>/*.trans.txt layout; repeatable (the corpora are joined)")
     parser.add_argument("--layout", default="auto", choices=["auto", "csv", "librispeech"])
+    parser.add_argument("--exclude-speakers", type=lambda text: set(text.split(",")), default=set(),
+                        metavar="NAME,...", help="leave these speakers' clips out (e.g. held out to measure CER)")
     parser.add_argument("--limit", type=int, help="use only the first N clips (smoke runs)")
     parser.add_argument("--out", type=Path, required=True, help="output folder; training resumes from it")
     parser.add_argument("--size", choices=NETWORK_SIZES, default="small",
@@ -39,6 +41,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar; one log line per epoch")
 
 
+def _add_finetuning_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--mode", choices=["tl+mtl", "tl", "scratch", "baseline"], default="tl+mtl",
+                        help="Table 1's rows: tl+mtl and tl need --pretrained")
+    parser.add_argument("--pretrained", type=Path, help="folder written by emostream asr-pretrain")
+    parser.add_argument("--alpha", type=float, help="CTC weight of equation 8 (default 0.6 for tl+mtl, 0 else)")
+
+
 def register(subcommands: argparse._SubParsersAction) -> None:
     pretrain = subcommands.add_parser("asr-pretrain", help="CTC pre-training of the ASR-multitask transformer "
                                       "on a transcribed corpus (writes an encoder folder)")
@@ -49,14 +59,17 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
     finetune = subcommands.add_parser("asr-finetune", help="emotion fine-tuning (TL+MTL, TL, scratch or the "
                                       "CNN-BLSTM-SA baseline) on a labelled, transcribed corpus")
-    _add_common(finetune)
-    finetune.add_argument("--mode", choices=["tl+mtl", "tl", "scratch", "baseline"], default="tl+mtl",
-                          help="Table 1's rows: tl+mtl and tl need --pretrained")
-    finetune.add_argument("--pretrained", type=Path, help="folder written by emostream asr-pretrain")
-    finetune.add_argument("--alpha", type=float, help="CTC weight of equation 8 (default 0.6 for tl+mtl, 0 else)")
+    _add_finetuning_arguments(finetune)
     finetune.add_argument("--name", required=True, help="registry name, e.g. asr-ravdess8")
     finetune.add_argument("--version", default="1", help="model version (part of every result's idempotency key)")
     finetune.set_defaults(handler=reporting_errors(run_finetune, _bad_input))
+
+    crossval = subcommands.add_parser("asr-crossval", help="speaker-independent folds of one fine-tuning mode "
+                                      "(held out on the same speakers as PLB's crossval --protocol speaker)")
+    _add_finetuning_arguments(crossval)
+    crossval.add_argument("--folds", type=int, default=5)
+    crossval.add_argument("--only-folds", type=int, nargs="*", help="run just these fold numbers (0-based)")
+    crossval.set_defaults(handler=reporting_errors(run_crossval, _bad_input))
 
     synthesise = subcommands.add_parser("asr-synthesise", help="write a synthetic transcribed corpus with "
                                         "espeak-ng (varied voices, rates and pitches)")
@@ -84,8 +97,15 @@ def _bad_input() -> tuple[type[Exception], ...]:
 def _clips(args: argparse.Namespace, emotion_column: str | None):
     from emostream.model.asr_corpus import load_transcribed_corpus
 
-    clips = load_transcribed_corpus(args.data, args.layout, emotion_column=emotion_column)
+    clips = [clip for folder in args.data for clip in load_transcribed_corpus(folder, args.layout,
+                                                                              emotion_column=emotion_column)
+             if clip.speaker not in args.exclude_speakers]
     return clips[: args.limit] if args.limit else clips
+
+
+def _describe_data(args: argparse.Namespace) -> str:
+    excluded = f" without speakers {','.join(sorted(args.exclude_speakers))}" if args.exclude_speakers else ""
+    return args.describe_data or " + ".join(str(folder) for folder in args.data) + excluded
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -112,7 +132,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     recipe = asr_pretraining_recipe(args.epochs or 25, seed=args.seed, compile=not args.eager, **recipe_fields,
                                     **({"batch_size": args.batch_size} if args.batch_size else {}))
     path, errors = run_pretraining(_clips(args, None), config, recipe, args.out,
-                                   args.describe_data or str(args.data), args.device, progress=not args.quiet)
+                                   _describe_data(args), args.device, progress=not args.quiet)
     report_skipped(errors)
     description = json.loads(path.read_text())
     print(json.dumps({"folder": str(args.out), "utterances": description["training"]["utterances"],
@@ -121,16 +141,13 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_finetune(args: argparse.Namespace) -> int:
+def _finetuning(args: argparse.Namespace):  # -> (FineTuningMode, network config, TrainingRecipe)
     from dataclasses import replace
 
     from emostream.model.asr_multitask import SMALL, AsrMultitaskConfig, CnnBlstmSaConfig
-    from emostream.model.asr_release import run_finetuning
     from emostream.model.asr_training import FineTuningMode
     from emostream.model.recipes import TrainingRecipe, asr_finetuning_recipe, baseline_recipe
 
-    _threads(args)
-    log_progress(args)
     mode = FineTuningMode(args.mode)
     network_class = CnnBlstmSaConfig if mode is FineTuningMode.BASELINE else AsrMultitaskConfig
     recipe_fields, network_fields = split_overrides(args.set, TrainingRecipe, network_class)
@@ -142,14 +159,37 @@ def run_finetune(args: argparse.Namespace) -> int:
         make_recipe = asr_finetuning_recipe
     recipe = make_recipe(args.epochs or 20, seed=args.seed, compile=not args.eager, **recipe_fields,
                          **({"batch_size": args.batch_size} if args.batch_size else {}))
+    return mode, config, recipe
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from emostream.model.asr_release import run_finetuning
+
+    _threads(args)
+    log_progress(args)
+    mode, config, recipe = _finetuning(args)
     card, errors = run_finetuning(_clips(args, "label"), mode, recipe, args.out, name=args.name,
-                                  version=args.version, data_description=args.describe_data or str(args.data),
+                                  version=args.version, data_description=_describe_data(args),
                                   pretrained_folder=args.pretrained, config=config, ctc_weight=args.alpha,
                                   device=args.device, progress=not args.quiet)
     report_skipped(errors)
     print(json.dumps({"name": card.name, "version": card.version, "folder": str(args.out),
                       "architecture": card.architecture, "parameters": card.parameter_count,
                       "labels": card.labels, "transcribes": bool(card.architecture_options.get("transcribes"))}))
+    return 0
+
+
+def run_crossval(args: argparse.Namespace) -> int:
+    from emostream.model.asr_crossval import run_asr_crossval
+
+    _threads(args)
+    log_progress(args)
+    mode, config, recipe = _finetuning(args)
+    summary, errors = run_asr_crossval(_clips(args, "label"), mode, recipe, args.out, args.folds, args.only_folds,
+                                       pretrained_folder=args.pretrained, config=config, ctc_weight=args.alpha,
+                                       device=args.device, progress=not args.quiet)
+    report_skipped(errors)
+    print(json.dumps(summary, indent=1))
     return 0
 
 
