@@ -122,6 +122,7 @@ class TrainingTask(ABC):
 
     examples: int  # training examples; each epoch shuffles range(examples) and drops the remainder
     counts_correct: bool = True  # `loss` counts correct predictions (False: train_accuracy is None)
+    eager_reason: str | None = None  # why this task's step is never compiled (None: compiled where asked)
 
     def generators(self) -> dict[str, torch.Generator]:
         """The task's own random streams (augmentation, variants): saved in the training state."""
@@ -207,6 +208,9 @@ class _Stepper:
         self.model = model
         self.task = task
         self.optimizer = optimizer
+        if compile_step and task.eager_reason:
+            log.info("training eagerly: %s", task.eager_reason)
+            compile_step = False
         self.compiled: Callable | None = torch.compile(self._step) if compile_step else None
         self.mode = "compiled" if compile_step else "eager"
 

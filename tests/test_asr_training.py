@@ -149,3 +149,13 @@ def test_fine_tuned_model_serves_scores_and_its_transcript_through_the_registry(
                        labels=SPEAKERS, tokenizer=None, training={})
     assert load_model(str(tmp_path / "baseline")).predict(waveforms[:1], 16_000)[0].transcript is None
     assert np.isfinite(list(load_model(str(tmp_path / "baseline")).predict(waveforms, 16_000)[1].scores.values())).all()
+
+
+def test_variable_length_training_is_eager_even_where_compiling_was_asked(
+        asr_digits: UtteranceSet, caplog: pytest.LogCaptureFixture) -> None:
+    recipe = asr_finetuning_recipe(epochs=1, batch_size=4, compile=True)
+    with caplog.at_level("INFO", logger="emostream.model.training"):
+        finetune(asr_digits, sorted(set(asr_digits.labels)), FineTuningMode.SCRATCH, recipe, CPU, config=TINY,
+                 progress=False)
+    assert "training eagerly: torch.compile of variable-length batches fails here" in caplog.text
+    assert "epoch 1/1 eager" in caplog.text
