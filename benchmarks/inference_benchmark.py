@@ -7,6 +7,10 @@ start-up (checkpoint load, ONNX export, session, warm-up). Every figure has the 
 p95 and the calling thread's CPU-time median: on a loaded machine wall time includes waiting for a
 core, CPU time is what an utterance costs. Threads and the load average (before / after) are printed.
 
+The network's floating-point work per window (torch's FLOP counter) and this machine's one-thread
+matrix-multiply rate at the time of the run are printed too: the speed of this shared machine
+varies from day to day, and the two together say how close the network's time is to the CPU's.
+
     nice -n 15 python benchmarks/inference_benchmark.py [--model plb-ravdess8] [--runs 100]
 """
 
@@ -61,6 +65,27 @@ def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def network_mflop_per_window(model: PLBEmotionModel) -> float:
+    """Floating-point operations (multiply and add counted apart) of one window through the network."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = model.network.config
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.network.eval()(torch.zeros(1, 1, config.input_frames, config.input_coefficients))
+    return round(counter.get_total_flops() / 1e6, 1)
+
+
+def matmul_gflops_one_thread(size: int = 256, runs: int = 200) -> float:
+    """GFLOP/s of float32 (size x size) @ (size x size) on one thread: the CPU's speed today."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(20):
+        a @ b
+    started = time.thread_time()
+    for _ in range(runs):
+        a @ b
+    return round(2 * size**3 * runs / (time.thread_time() - started) / 1e9, 1)
+
+
 def path_figures(model: PLBEmotionModel, runs: int, batches: list[int]) -> dict[str, object]:
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(int(UTTERANCE_S * INPUT_RATE_HZ))).astype(np.float32)
@@ -109,14 +134,20 @@ def main() -> None:
         "load_average_1_5_15_min_before": load_before,
         "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": 1,
                     "openblas": os.environ["OPENBLAS_NUM_THREADS"]},
+        "matmul_gflops_one_thread_before": matmul_gflops_one_thread(),
+        "network_mflop_per_window": network_mflop_per_window(reference),
         "fast": {"onnx_export_and_session_s": round(fast.onnx_network.build_s, 3) if fast.onnx_network else None,
                  **path_figures(fast, args.runs, batches)},
         "reference": path_figures(reference, args.runs, batches),
         "load_average_1_5_15_min_after": load_average(),
+        "matmul_gflops_one_thread_after": matmul_gflops_one_thread(),
         "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+    for path in ("fast", "reference"):
+        network_ms = figures[path]["network_forward"]["cpu_median_ms"]  # type: ignore[index]
+        figures[path]["network_gflops"] = round(figures["network_mflop_per_window"] / network_ms, 1)  # type: ignore[index, operator]
     print(json.dumps(figures, indent=1))
 
 
