@@ -22,11 +22,14 @@ def resample(audio: np.ndarray, from_rate_hz: int, to_rate_hz: int) -> np.ndarra
     )
 
 
-def fit_length(audio: np.ndarray, length_samples: int) -> np.ndarray:
-    """Zero-pad at the end or cut the end, to exactly `length_samples` (the thesis's pad/trim)."""
+def fit_length(audio: np.ndarray, length_samples: int, pad_position: str = "end") -> np.ndarray:
+    """Cut the end, or zero-pad to exactly `length_samples` (the thesis's pad/trim): the zeros after
+    the audio (`end`), or half before it and the rest after (`centre`)."""
     if len(audio) >= length_samples:
         return audio[:length_samples]
-    return np.pad(audio, (0, length_samples - len(audio)))
+    missing = length_samples - len(audio)
+    before = missing // 2 if pad_position == "centre" else 0
+    return np.pad(audio, (before, missing - before))
 
 
 def window_starts(length_samples: int, settings: FeatureSettings) -> list[int]:
@@ -62,7 +65,7 @@ def input_shift_per_db(settings: FeatureSettings) -> np.ndarray:
 
 def mfcc_frames(audio: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     """MFCC of exactly `input_samples` of audio at the feature rate: float32 (frames, coefficients)."""
-    fitted = fit_length(audio, settings.input_samples)
+    fitted = fit_length(audio, settings.input_samples, settings.pad_position)
     if settings.kind == "mfcc":
         feature = librosa.feature.mfcc(
             y=fitted,
@@ -156,7 +159,8 @@ def utterance_windows(
                                       settings.sample_rate_hz, settings)
     return np.stack(
         [
-            features(fit_length(at_feature_rate[start : start + settings.input_samples], settings.input_samples))
+            features(fit_length(at_feature_rate[start : start + settings.input_samples], settings.input_samples,
+                                settings.pad_position))
             for start in window_starts(len(at_feature_rate), settings)
         ]
     )

@@ -1,6 +1,6 @@
 """The model card: a checkpoint's JSON description, and the only source of its label set."""
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,6 +22,9 @@ class FeatureSettings(BaseModel):
         description="longer audio: `windows` averages scores over input_samples windows; `trim` keeps the start; "
         "`whole`: the model reads the whole utterance (input_samples unused)",
     )
+    pad_position: Literal["end", "centre"] = Field(
+        "end", description="where a short utterance's zeros go: after it (`end`), or half before and half after "
+        "(`centre`, TIM-Net's preprocessing, which the PLB thesis says it follows; an ablation)")
     window_hop_samples: int = Field(50_000, description="hop between windows for long_input=windows")
     onset_lead_in_s: float | None = Field(
         None,

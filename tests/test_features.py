@@ -35,6 +35,8 @@ def test_pad_and_trim() -> None:
     assert len(fit_length(np.ones(10, np.float32), 25)) == 25
     assert fit_length(np.ones(10, np.float32), 25)[10:].sum() == 0
     assert len(fit_length(np.ones(30, np.float32), 25)) == 25
+    centred = fit_length(np.ones(10, np.float32), 25, "centre")  # 15 zeros: 7 before, 8 after
+    assert len(centred) == 25 and centred[:7].sum() == 0 and centred[7:17].sum() == 10 and centred[17:].sum() == 0
 
 
 @pytest.mark.parametrize(("seconds", "windows"), [(0.3, 1), (4.5, 1), (6.0, 2), (10.0, 4)])

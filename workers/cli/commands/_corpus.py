@@ -23,8 +23,10 @@ def add_corpus_arguments(parser: argparse.ArgumentParser, features_option: bool 
 
 
 def feature_settings(args: argparse.Namespace) -> FeatureSettings:
-    """The feature settings a command trains or evaluates with: the defaults, a --feature-kind, a --level-dbfs."""
-    return FeatureSettings(kind=getattr(args, "feature_kind", "mfcc"), level_dbfs=getattr(args, "level_dbfs", None))
+    """The feature settings a command trains or evaluates with: the defaults, a --feature-kind, a --level-dbfs,
+    a --pad-position."""
+    return FeatureSettings(kind=getattr(args, "feature_kind", "mfcc"), level_dbfs=getattr(args, "level_dbfs", None),
+                           pad_position=getattr(args, "pad_position", "end"))
 
 
 def corpus_table(args: argparse.Namespace, labels: list[str] | None = None,

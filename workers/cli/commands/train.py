@@ -37,6 +37,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature-kind", choices=["mfcc", "logmel"], default="mfcc",
                         help="the network's input: the thesis's 39 MFCC coefficients, or 39 log-mel bands (dB) of "
                         "the same frames (default: %(default)s)")
+    parser.add_argument("--pad-position", choices=["end", "centre"], default="end",
+                        help="where a short clip's zeros go in its 100,000-sample window: after it, or half before "
+                        "(TIM-Net's preprocessing; default: %(default)s)")
     parser.add_argument("--level-dbfs", type=float, help="features.level_dbfs: scale every utterance to this "
                         "active-speech level before features, in training and (through the card) serving")
     parser.add_argument("--call-normalisation", action="store_true",
