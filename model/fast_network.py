@@ -204,6 +204,8 @@ class FastPLBNet(nn.Module):
         if network.training:
             raise ValueError("FastPLBNet is built from a network in eval mode")
         config = network.config
+        if not config.frame_batchnorm:
+            raise ValueError("FastPLBNet supports the thesis's per-frame BatchNorm only (frame_batchnorm=True)")
         self.capsule_dim = config.capsule_dim
         self.logit_scale = config.logit_scale
         branch_coefficients = valid_length(config.input_coefficients, config.kernel_size) // 2

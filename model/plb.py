@@ -42,6 +42,7 @@ class PLBConfig:
     routing_softmax: str = "inputs"  # c = softmax(b) over input capsules (weighted mean) or "outputs"
     pool_before_capsules: bool = True  # 2x2 average pool after DWSCNN: L = 264 instead of 1,320
     keras_init: bool = True  # Glorot-uniform weights, zero biases: the thesis's TensorFlow defaults
+    frame_batchnorm: bool = True  # BatchNorm axis=1 is time (Table 1's counts); False: per channel (ablation)
     input_normalisation: str = "none"  # "per-coefficient": standardise each MFCC coefficient (fitted stats)
     logit_scale: float = 1.0  # constant factor on the logits (no parameter); see model/PLB.md
 
@@ -82,10 +83,11 @@ class ConvBlock(nn.Module):
     """Conv2D -> BatchNorm(time) -> ELU -> AveragePooling 2x2 -> SpatialDropout2D (Table 1's CNN / DCNN)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, frames_in: int, dilation: int,
-                 dropout: float) -> None:
+                 dropout: float, frame_batchnorm: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, dilation=dilation)
-        self.norm = TimeBatchNorm(valid_length(frames_in, kernel_size, dilation))
+        self.norm: nn.Module = (TimeBatchNorm(valid_length(frames_in, kernel_size, dilation)) if frame_batchnorm
+                                else nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.01))
         self.pool = nn.AvgPool2d(2)
         self.drop = nn.Dropout2d(dropout)
 
@@ -220,11 +222,12 @@ class PLBNet(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.forward_block = ConvBlock(1, c.channels, c.kernel_size, c.input_frames, 1, c.dropout)
-        self.reverse_block = ConvBlock(1, c.channels, c.kernel_size, c.input_frames, 1, c.dropout)
+        self.forward_block = ConvBlock(1, c.channels, c.kernel_size, c.input_frames, 1, c.dropout, c.frame_batchnorm)
+        self.reverse_block = ConvBlock(1, c.channels, c.kernel_size, c.input_frames, 1, c.dropout, c.frame_batchnorm)
         self.cbam = CBAM(c.channels, c.cbam_hidden, c.spatial_kernel_size)
         branch_frames = valid_length(c.input_frames, c.kernel_size) // 2
-        self.dilated_block = ConvBlock(c.channels, c.channels, c.kernel_size, branch_frames, c.dilation, c.dropout)
+        self.dilated_block = ConvBlock(c.channels, c.channels, c.kernel_size, branch_frames, c.dilation, c.dropout,
+                                       c.frame_batchnorm)
         self.separable = DepthwiseSeparableConv(c.channels, c.capsule_dim * c.output_capsules, c.kernel_size)
         self.capsule_pool = nn.AvgPool2d(2) if c.pool_before_capsules else nn.Identity()
         self.spatial_attention = SpatialAttention(c.spatial_kernel_size)
