@@ -4,8 +4,8 @@ not available (CTC pre-training at small scale, and tests), never a replacement 
 
 The sentences are English prose from the docstrings of this Python's own standard library (about
 6,300 sentences and 4,700 words on CPython 3.11; only those made of plain words, so what espeak-ng
-says is exactly the transcript), or short sentences from a fixed word list with templates. Output: a folder with 16 kHz FLAC files and a
-`labels.csv` (path, transcript, speaker, voice, rate_wpm, pitch) that model/asr_corpus.py reads;
+says is exactly the transcript), or short sentences from a fixed word list with templates. Output:
+a folder with 16 kHz FLAC files and a `labels.csv` (path, transcript, speaker, voice, rate_wpm, pitch) that model/asr_corpus.py reads;
 the speaker is the voice + variant.
 """
 
@@ -16,10 +16,10 @@ import random
 import re
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ _PLACES = ("in the kitchen", "near the station", "by the old bridge", "across th
            "at the market", "on the hill", "behind the house", "in the dark forest", "along the road")
 _TIMES = ("this morning", "last night", "after dinner", "before the storm", "on sunday", "every evening",
           "in the spring", "at noon")
-PROSE_WORDS_RANGE = (4, 20)  # words in a prose sentence (one utterance of ~1.5-8 s)
+PROSE_WORDS_RANGE = (4, 20)  # words in a prose sentence (utterances of 1.1-9.7 s in a 3,000 corpus)
 TEXT_SOURCES = ("prose", "templates")
 _PLAIN_SENTENCE = re.compile(r"[A-Z][A-Za-z ,;-]*[.!?]")  # no digits, code, quotes or abbreviations
 _TEMPLATES = ("{s} {v} {o}", "{s} {v} {o} {p}", "{t} {s} {v} {o}", "{s} {v} {o} {t}", "{s} {v} {o} {p} {t}")
