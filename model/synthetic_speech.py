@@ -5,8 +5,8 @@ not available (CTC pre-training at small scale, and tests), never a replacement 
 The sentences are English prose from the docstrings of this Python's own standard library (about
 6,300 sentences and 4,700 words on CPython 3.11; only those made of plain words, so what espeak-ng
 says is exactly the transcript), or short sentences from a fixed word list with templates. Output:
-a folder with 16 kHz FLAC files and a `labels.csv` (path, transcript, speaker, voice, rate_wpm, pitch) that model/asr_corpus.py reads;
-the speaker is the voice + variant.
+a folder with 16 kHz FLAC files and a `labels.csv` (path, transcript, speaker, voice, rate_wpm,
+pitch) that model/asr_corpus.py reads; the speaker is the voice + variant.
 """
 
 import ast
