@@ -12,8 +12,9 @@ from emostream.workers.cli import main
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 pytestmark = pytest.mark.skipif(not (FSDD / "labels.csv").is_file(), reason=f"FSDD not found at {FSDD}")
+RUN_SMALL = ["--eager", "--quiet", "--device", "cpu", "--threads", "1"]
 TINY = ["--set", "blocks=1", "--set", "d_model=32", "--set", "heads=2", "--set", "ffn_dim=64",
-        "--set", "subsampling_channels=8", "--eager", "--quiet", "--device", "cpu", "--threads", "1"]
+        "--set", "subsampling_channels=8", *RUN_SMALL]
 
 
 @pytest.fixture(autouse=True)
@@ -23,15 +24,16 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-def _corpus(folder: Path) -> Path:
-    """Eight FSDD clips (absolute paths), the speaker as the 'emotion' label."""
-    clips = [c for c in load_fsdd(FSDD) if c.speaker in ("george", "lucas") and c.transcript in ("one", "two")
+def _corpus(folder: Path, speakers: tuple[str, ...] = ("george", "lucas"), label: str = "speaker") -> Path:
+    """Four FSDD clips per speaker (digits one and two, takes 0 and 1; absolute paths), the clip's
+    `label` column ("speaker" or "transcript") as its 'emotion' label."""
+    clips = [c for c in load_fsdd(FSDD) if c.speaker in speakers and c.transcript in ("one", "two")
              and c.path.stem.rsplit("_", 1)[1] in ("0", "1")]
     folder.mkdir()
     with (folder / "labels.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "transcript", "speaker", "label"])
-        writer.writerows([str(c.path), c.transcript, c.speaker, c.speaker] for c in clips)
+        writer.writerows([str(c.path), c.transcript, c.speaker, getattr(c, label)] for c in clips)
     return folder
 
 
@@ -63,21 +65,10 @@ def test_a_transfer_mode_without_an_encoder_is_one_error_line(tmp_path: Path,
     assert "error: fine-tuning mode tl: needs a pre-trained CTC encoder" in capsys.readouterr().err
 
 
-def _digit_corpus(folder: Path) -> Path:
-    """Twelve FSDD clips of three speakers, the digit word as the 'emotion' label."""
-    clips = [c for c in load_fsdd(FSDD) if c.speaker in ("george", "jackson", "lucas")
-             and c.transcript in ("one", "two") and c.path.stem.rsplit("_", 1)[1] in ("0", "1")]
-    folder.mkdir()
-    with (folder / "labels.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "transcript", "speaker", "label"])
-        writer.writerows([str(c.path), c.transcript, c.speaker, c.transcript] for c in clips)
-    return folder
-
-
 def test_speaker_folds_hold_out_each_speaker_once_and_report_cer(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    corpus, extra = _digit_corpus(tmp_path / "corpus"), _corpus(tmp_path / "extra")
+    corpus = _corpus(tmp_path / "corpus", ("george", "jackson", "lucas"), label="transcript")  # 12 clips
+    extra = _corpus(tmp_path / "extra")
     encoder = tmp_path / "encoder"
     assert main(["asr-pretrain", "--data", str(corpus), "--data", str(extra), "--exclude-speakers", "lucas",
                  "--out", str(encoder), "--vocabulary", "8", "--epochs", "1", "--batch-size", "4", *TINY]) == 0
@@ -97,7 +88,7 @@ def test_speaker_folds_hold_out_each_speaker_once_and_report_cer(
     assert summary["cer_per_fold"] == [fold["held_out_transcripts"]["cer"] for fold in folds]
     baseline_arguments = ["asr-crossval", "--data", str(corpus), "--mode", "baseline", "--folds", "3", "--only-folds",
                           "1", "--out", str(tmp_path / "base"), "--epochs", "1", "--batch-size", "4", "--set",
-                          "channels=8", "--set", "hidden=8", "--set", "heads=2", *TINY[10:]]
+                          "channels=8", "--set", "hidden=8", "--set", "heads=2", *RUN_SMALL]
     assert main(baseline_arguments) == 0
     baseline = json.loads(capsys.readouterr().out)
     assert baseline["folds_run"] == [1] and baseline["cer_per_fold"] == [None]  # no CTC head
