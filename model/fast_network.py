@@ -5,7 +5,8 @@ model/onnx_network.py. Differences from PLBNet.forward, each exact up to float32
 - input standardisation `(x - mean) / std` becomes `x * (1 / std) + (-mean / std)`;
 - each per-frame BatchNorm (TimeBatchNorm) is one multiply-add with precomputed per-frame scale and
   shift (inference statistics only), and in the two one-channel blocks part of the conv itself
-  (FrontConvBlock);
+  (FrontConvBlock); a per-channel BatchNorm (network option frame_batchnorm=False) is folded into
+  its conv's weights and bias (ChannelConvBlock);
 - ELU is `max(x, exp(min(x, 0)) - 1)`: ONNX Runtime's own Elu kernel is ~3x slower on this CPU;
 - the cross attention's scaled dot product is written out (ONNX has no 3-D SDPA);
 - dynamic routing is written as matmuls (FastRouting);
@@ -109,6 +110,28 @@ class FrontConvBlock(nn.Module):
         return self.pool(elu(self.conv(torch.cat([shifted * self.frame_scale, planes], dim=1))))
 
 
+class ChannelConvBlock(nn.Module):
+    """A CNN block whose per-channel BatchNorm (frame_batchnorm=False) is folded into its conv:
+    s_c (W_c * x + b_c) + h_c = (s_c W_c) * x + (s_c b_c + h_c), then ELU and the 2x2 average pool."""
+
+    def __init__(self, block: ConvBlock) -> None:
+        super().__init__()
+        conv, bn = block.conv, block.norm
+        if not isinstance(bn, nn.BatchNorm2d) or conv.bias is None:
+            raise ValueError("ChannelConvBlock takes a conv with a bias and a per-channel BatchNorm2d")
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, dilation=conv.dilation)
+        bias = self.conv.bias
+        assert bias is not None
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight * scale[:, None, None, None])
+            bias.copy_(conv.bias * scale + bn.bias - bn.running_mean * scale)
+        self.pool = block.pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(elu(self.conv(x)))
+
+
 class FastSpatialAttention(nn.Module):
     """Equation 3 with the scalar BatchNorm folded into the 7x7 conv (weights and a bias)."""
 
@@ -204,8 +227,6 @@ class FastPLBNet(nn.Module):
         if network.training:
             raise ValueError("FastPLBNet is built from a network in eval mode")
         config = network.config
-        if not config.frame_batchnorm:
-            raise ValueError("FastPLBNet supports the thesis's per-frame BatchNorm only (frame_batchnorm=True)")
         self.capsule_dim = config.capsule_dim
         self.logit_scale = config.logit_scale
         branch_coefficients = valid_length(config.input_coefficients, config.kernel_size) // 2
@@ -216,10 +237,18 @@ class FastPLBNet(nn.Module):
             self.register_buffer("input_scale", inverse_std.clone())
             self.register_buffer("input_shift", (-network.input_mean.detach() * inverse_std).clone())
         frames, coefficients = config.input_frames, config.input_coefficients
-        self.forward_block = FrontConvBlock(network.forward_block, frames, coefficients)
-        self.reverse_block = FrontConvBlock(network.reverse_block, frames, coefficients)
+        self.forward_block: nn.Module
+        self.reverse_block: nn.Module
+        self.dilated_block: nn.Module
+        if config.frame_batchnorm:
+            self.forward_block = FrontConvBlock(network.forward_block, frames, coefficients)
+            self.reverse_block = FrontConvBlock(network.reverse_block, frames, coefficients)
+            self.dilated_block = FastConvBlock(network.dilated_block, branch_coefficients)
+        else:
+            self.forward_block = ChannelConvBlock(network.forward_block)
+            self.reverse_block = ChannelConvBlock(network.reverse_block)
+            self.dilated_block = ChannelConvBlock(network.dilated_block)
         self.cbam = FastCBAM(network.cbam)
-        self.dilated_block = FastConvBlock(network.dilated_block, branch_coefficients)
         self.separable = FastSeparable(network.separable)
         self.capsule_pool = network.capsule_pool
         self.spatial_attention = FastSpatialAttention(network.spatial_attention)

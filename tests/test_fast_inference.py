@@ -181,13 +181,22 @@ def test_torch_features_match_librosa_on_speech(kind: str, coefficients: int) ->
     {"routing_iterations": 1},
     {"pool_before_capsules": False, "num_classes": 4},
     {"input_normalisation": "per-coefficient", "logit_scale": 0.5},
+    {"frame_batchnorm": False},
 ])
 def test_rewritten_network_matches_plbnet_for_other_configs(options: dict[str, object]) -> None:
     torch.manual_seed(1)
     network = PLBNet(PLBConfig(**options)).eval()
+    with torch.no_grad():  # statistics and affine parameters as training leaves them, not the identity
+        for norm in (m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.running_mean.normal_(0.0, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0.0, 0.2)
     inputs = 20 * torch.randn(2, 1, 196, 39)
     with torch.inference_mode():
-        torch.testing.assert_close(FastPLBNet(network).eval()(inputs), network(inputs), atol=1e-4, rtol=0)
+        expected = network(inputs)
+        torch.testing.assert_close(FastPLBNet(network).eval()(inputs), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(OnnxNetwork(network)(inputs.numpy()), expected.numpy(), atol=1e-4, rtol=0)
 
 
 def test_a_failed_export_falls_back_to_the_eager_network(monkeypatch: pytest.MonkeyPatch,

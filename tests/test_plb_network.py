@@ -85,14 +85,10 @@ def test_squash_keeps_direction_and_bounds_length() -> None:
     torch.testing.assert_close(squashed / lengths[:, None], vectors / vectors.norm(dim=-1, keepdim=True))
 
 
-def test_per_channel_batch_norm_ablation_normalises_channels_and_is_refused_by_the_fast_path() -> None:
-    from emostream.model.fast_network import FastPLBNet
-
+def test_per_channel_batch_norm_option_normalises_channels() -> None:
     network = PLBNet(PLBConfig(num_classes=8, frame_batchnorm=False)).eval()
     norms = [network.forward_block.norm, network.reverse_block.norm, network.dilated_block.norm]
     assert all(isinstance(n, torch.nn.BatchNorm2d) and n.num_features == 64 for n in norms)
     # Table 1's per-frame counts (4 x 194, 4 x 194, 4 x 93) become 4 x 64 each: 578 fewer trainable
     assert count_parameters(PLBNet(PLBConfig(num_classes=8))) - count_parameters(network) == 2 * (2 * 194 - 128) + (2 * 93 - 128)
     assert network(torch.randn(2, 1, 196, 39)).shape == (2, 8)
-    with pytest.raises(ValueError, match="per-frame BatchNorm only"):
-        FastPLBNet(network)
