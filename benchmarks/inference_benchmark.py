@@ -1,4 +1,9 @@
-"""Inference cost of a PLB checkpoint per 4.5 s utterance on one CPU thread: fast vs reference path.
+"""Inference cost of a checkpoint per 4.5 s utterance on one CPU thread.
+
+PLB checkpoints: fast vs reference path. ASR-multitask and CNN-BLSTM-SA checkpoints (architecture
+`asr-multitask` / `cnn-blstm-sa`, one eager path): log-mel features, the network (with greedy CTC
+decoding where the model transcribes) and `predict()` at batch 1 / 4 / 16 and 8 kHz, and the
+network's work per utterance.
 
 For the served fast path (torch MFCC + ONNX Runtime network) and the reference path (librosa MFCC +
 the eager network), prints: network forward, features (resampling + onset normalisation + MFCC),
@@ -11,7 +16,7 @@ The network's floating-point work per window (torch's FLOP counter) and this mac
 matrix-multiply rate at the time of the run are printed too: the speed of this shared machine
 varies from day to day, and the two together say how close the network's time is to the CPU's.
 
-    nice -n 15 python benchmarks/inference_benchmark.py [--model plb-ravdess8] [--runs 100]
+    nice -n 15 python benchmarks/inference_benchmark.py [--model plb-ravdess8 | CHECKPOINT_FOLDER] [--runs 100]
 """
 
 import os
@@ -33,7 +38,11 @@ from functools import partial
 import numpy as np
 import onnxruntime
 import torch
+from emostream.model.asr_model import AsrMultitaskEmotionModel
+from emostream.model.asr_training import predict_utterances
+from emostream.model.checkpoint import read_card
 from emostream.model.features import utterance_windows
+from emostream.model.logmel import logmel_frames
 from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.registry import resolve
 from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ
@@ -86,10 +95,15 @@ def matmul_gflops_one_thread(size: int = 256, runs: int = 200) -> float:
     return round(2 * size**3 * runs / (time.thread_time() - started) / 1e9, 1)
 
 
-def path_figures(model: PLBEmotionModel, runs: int, batches: list[int]) -> dict[str, object]:
+def test_audio() -> tuple[np.ndarray, np.ndarray]:
+    """4.5 s of noise at the pipeline's rate and at 8 kHz (the cost does not depend on the content)."""
     rng = np.random.default_rng(0)
-    audio = (0.1 * rng.standard_normal(int(UTTERANCE_S * INPUT_RATE_HZ))).astype(np.float32)
-    telephone = (0.1 * rng.standard_normal(int(UTTERANCE_S * TELEPHONE_RATE_HZ))).astype(np.float32)
+    return ((0.1 * rng.standard_normal(int(UTTERANCE_S * INPUT_RATE_HZ))).astype(np.float32),
+            (0.1 * rng.standard_normal(int(UTTERANCE_S * TELEPHONE_RATE_HZ))).astype(np.float32))
+
+
+def path_figures(model: PLBEmotionModel, runs: int, batches: list[int]) -> dict[str, object]:
+    audio, telephone = test_audio()
     settings = model.card.features
     features = model.window_features  # None on the reference path: librosa
     first_started = time.perf_counter()
@@ -111,6 +125,42 @@ def path_figures(model: PLBEmotionModel, runs: int, batches: list[int]) -> dict[
     return figures
 
 
+def asr_figures(model: AsrMultitaskEmotionModel, runs: int, batches: list[int]) -> dict[str, object]:
+    """The ASR model's one (eager) path; "network" includes greedy CTC decoding where it transcribes."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    audio, telephone = test_audio()
+    settings = model.card.features
+    features = logmel_frames(audio, INPUT_RATE_HZ, settings)
+    first_started = time.perf_counter()
+    model.predict([audio], INPUT_RATE_HZ)
+    first_call_s = time.perf_counter() - first_started
+    with FlopCounterMode(display=False) as counter:
+        predict_utterances(model.network, [features], torch.device("cpu"))
+    figures: dict[str, object] = {
+        "start_up_s": round(model.load_s, 3),
+        "first_predict_s": round(first_call_s, 3),
+        "transcribes": model.transcribes,
+        "log_mel_frames": int(features.shape[0]),
+        "network_mflop_per_utterance": round(counter.get_total_flops() / 1e6, 1),
+        "network_forward": timings_ms(lambda: predict_utterances(model.network, [features], torch.device("cpu")), runs),
+        "features": timings_ms(lambda: logmel_frames(audio, INPUT_RATE_HZ, settings), runs),
+    }
+    for batch in batches:
+        figures[f"features_plus_network_batch_{batch}_per_utterance"] = timings_ms(
+            partial(model.predict, [audio] * batch, INPUT_RATE_HZ), max(10, runs // batch), per=batch)
+    figures["features_plus_network_8khz_batch_1"] = timings_ms(
+        lambda: model.predict([telephone], TELEPHONE_RATE_HZ), runs)
+    network_ms = figures["network_forward"]["cpu_median_ms"]  # type: ignore[index]
+    figures["network_gflops"] = round(figures["network_mflop_per_utterance"] / network_ms, 1)  # type: ignore[operator]
+    return figures
+
+
+def machine_figures() -> dict[str, object]:
+    return {"cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL,
@@ -122,6 +172,20 @@ def main() -> None:
     torch.set_num_threads(1)
     started_at, load_before = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), load_average()
     folder = resolve(args.model)
+    if read_card(folder).architecture != "plb":
+        asr = AsrMultitaskEmotionModel(folder)
+        card = asr.card
+        print(json.dumps({
+            "model": f"{card.name} v{card.version} ({card.architecture}, {card.weights_sha256[:12]})",
+            "parameters": card.parameter_count, "utterance_s": UTTERANCE_S, "input_rate_hz": INPUT_RATE_HZ,
+            "started": started_at, "load_average_1_5_15_min_before": load_before,
+            "threads": {"torch": torch.get_num_threads(), "openblas": os.environ["OPENBLAS_NUM_THREADS"]},
+            "matmul_gflops_one_thread_before": matmul_gflops_one_thread(),
+            "eager": asr_figures(asr, args.runs, batches),
+            "load_average_1_5_15_min_after": load_average(),
+            "matmul_gflops_one_thread_after": matmul_gflops_one_thread(), **machine_figures(),
+        }, indent=1))
+        return
     fast = PLBEmotionModel(folder, fast=True, threads=1)
     reference = PLBEmotionModel(folder, fast=False)
     card = fast.card
@@ -141,9 +205,7 @@ def main() -> None:
         "reference": path_figures(reference, args.runs, batches),
         "load_average_1_5_15_min_after": load_average(),
         "matmul_gflops_one_thread_after": matmul_gflops_one_thread(),
-        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        **machine_figures(),
     }
     for path in ("fast", "reference"):
         network_ms = figures[path]["network_forward"]["cpu_median_ms"]  # type: ignore[index]
