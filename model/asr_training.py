@@ -89,7 +89,8 @@ def _read_mono(path: Path) -> tuple[np.ndarray, int]:
 
 def extract_utterances(clips: Sequence[TranscribedClip], settings: FeatureSettings = LOGMEL_SETTINGS
                        ) -> tuple[UtteranceSet, list[str]]:
-    """Features of every readable clip, and one message per clip that could not be read."""
+    """Features of every readable clip, and one message per clip that could not be read; a
+    ValueError naming the first when none could (a wrong folder, paths relative to elsewhere)."""
     features, kept, errors = [], [], []
     for clip in clips:
         try:
@@ -99,6 +100,8 @@ def extract_utterances(clips: Sequence[TranscribedClip], settings: FeatureSettin
             continue
         features.append(logmel_frames(audio, rate_hz, settings))
         kept.append(clip)
+    if clips and not kept:
+        raise ValueError(f"none of the {len(clips)} clips could be read; first: {errors[0]}")
     return UtteranceSet(features, [c.transcript for c in kept], [c.speaker for c in kept],
                         [c.label for c in kept], settings), errors
 

@@ -65,6 +65,17 @@ def test_a_transfer_mode_without_an_encoder_is_one_error_line(tmp_path: Path,
     assert "error: fine-tuning mode tl: needs a pre-trained CTC encoder" in capsys.readouterr().err
 
 
+def test_a_corpus_whose_audio_is_missing_names_the_first_missing_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "labels.csv").write_text("path,transcript,speaker\nrecordings/1_x_0.flac,one,x\n"
+                                       "recordings/2_x_0.flac,two,x\n")
+    assert main(["asr-pretrain", "--data", str(corpus), "--out", str(tmp_path / "e"), "--epochs", "1", *TINY]) == 2
+    error = capsys.readouterr().err
+    assert "none of the 2 clips could be read" in error and "1_x_0.flac" in error
+
+
 def test_speaker_folds_hold_out_each_speaker_once_and_report_cer(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corpus = _corpus(tmp_path / "corpus", ("george", "jackson", "lucas"), label="transcript")  # 12 clips
