@@ -59,12 +59,14 @@ from typing import Any
 import numpy as np
 import redis
 import soundfile as sf
+from emostream.model.vad import Endpointer, EndpointerParams
 from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, AudioEncoding
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import latest_key, result_key, results_channel
 from emostream.schemas.segment import SegmentHeader
 from emostream.schemas.settings import DEFAULT_MODEL, Settings
 from emostream.workers.cli.clients.producer import encode_s16
+from emostream.workers.runtime.codecs import decode_to_s16
 from emostream.workers.cli.clients.tail import (
     BadResult,
     TailFilter,
@@ -91,9 +93,15 @@ QUANTILES = (50, 95, 99)
 ResultKey = tuple[str, int]  # (stream id, segment index)
 
 # Where the latency beyond the hangover goes, in order; per result they sum to it.
+# "endpoint", "send_late" and "to_vad" split "audio_to_vad" where the closing chunk is known (the
+# end-pointer replayed on the stream's chunks, closing_chunks); a result has one form or the other.
 LATENCY_PARTS: dict[str, str] = {
+    "endpoint": "utterance end + hangover (audio time) -> the end of the chunk that closed the segment "
+    "(audio time): the end-pointer's own lag and the wait for the chunk holding the closing frame",
+    "send_late": "that chunk's due time -> the load generator sent it (the generator behind real time)",
+    "to_vad": "chunk sent -> the VAD worker received it: producer, broker, fetch, the VAD's queue",
     "audio_to_vad": "utterance end + hangover (audio time) -> the VAD worker received the chunk "
-    "that closed the segment: chunk wait, send, broker, end-pointer frames",
+    "that closed the segment (endpoint + send_late + to_vad, where the closing chunk is not known)",
     "vad": "that chunk received -> segment emitted (LatencyBreakdown.vad_ms)",
     "queue": "segment emitted -> picked up by an inference worker (LatencyBreakdown.queue_ms)",
     "inference": "features + model of its micro-batch (LatencyBreakdown.inference_ms)",
@@ -411,16 +419,72 @@ def latency_ms(result: SegmentResult, *, utterance_end_at_ms: float) -> float | 
 
 
 def latency_parts_ms(
-    result: SegmentResult, *, utterance_end_at_ms: float, hangover_ms: float
+    result: SegmentResult,
+    *,
+    utterance_end_at_ms: float,
+    hangover_ms: float,
+    closing_chunk_at_ms: tuple[float, float] | None = None,
 ) -> dict[str, float]:
-    """The parts of `LATENCY_PARTS` this result carries; all of them sum to latency - hangover."""
+    """The parts of `LATENCY_PARTS` this result carries; all of them sum to latency - hangover.
+    `closing_chunk_at_ms`: (due, sent) wall clock of the chunk that closed the segment, if known."""
     parts: dict[str, float] = {}
-    if result.speech_end_at_ms is not None:
+    if result.speech_end_at_ms is not None and closing_chunk_at_ms is not None:
+        due_at_ms, sent_at_ms = closing_chunk_at_ms
+        parts["endpoint"] = due_at_ms - utterance_end_at_ms - hangover_ms
+        parts["send_late"] = sent_at_ms - due_at_ms
+        parts["to_vad"] = result.speech_end_at_ms - sent_at_ms
+    elif result.speech_end_at_ms is not None:
         parts["audio_to_vad"] = result.speech_end_at_ms - utterance_end_at_ms - hangover_ms
     parts.update(result.stage_ms)
     if result.made_at_ms is not None and result.received_at_ms is not None:
         parts["publish"] = result.received_at_ms - result.made_at_ms
     return {name: parts[name] for name in LATENCY_PARTS if name in parts}
+
+
+@dataclass(frozen=True)
+class ClosingChunk:
+    """The chunk whose arrival closed a segment, found by replaying the end-pointer offline."""
+
+    seq: int
+    segment_end_ms: float  # the replayed segment's end (stream time), to check it is the worker's
+
+
+def closing_chunks(
+    plan: StreamPlan, *, chunk_ms: int, chunks: int, encoding: AudioEncoding, params: EndpointerParams
+) -> dict[int, ClosingChunk]:
+    """Segment index -> the chunk that closed it, by pushing the stream's chunks (decoded as the VAD
+    worker decodes them) through the same end-pointer; seq `chunks` is the end-of-stream flush."""
+    endpointer = Endpointer(params)
+    chunk_samples = SAMPLE_RATE_HZ * chunk_ms // 1000
+    silence = np.zeros(chunk_samples, dtype=np.int16)
+    closing: dict[int, ClosingChunk] = {}
+    for seq in range(chunks + 1):
+        if seq < chunks:
+            samples = plan.chunk(seq * chunk_samples, chunk_samples)
+            pcm = decode_to_s16(encode_s16(silence if samples is None else samples, encoding), encoding)
+            closed = endpointer.push(pcm.astype("<i2", copy=False).tobytes())
+        else:
+            closed = endpointer.flush()
+        for segment in closed:
+            closing[segment.index] = ClosingChunk(seq, segment.end_ms)
+    return closing
+
+
+def closing_chunk_at_ms(
+    result: SegmentResult,
+    closing: Mapping[int, ClosingChunk],
+    *,
+    origin_s: float,
+    chunk_ms: int,
+    sent_at_s: Sequence[float],
+) -> tuple[float, float] | None:
+    """(due, sent) wall clock of the chunk that closed this result's segment; None where the replay
+    does not hold this segment (another end, so another segmentation) or the chunk was not sent."""
+    chunk = closing.get(result.segment_index)
+    if chunk is None or abs(chunk.segment_end_ms - result.end_ms) > 1.0 or chunk.seq >= len(sent_at_s):
+        return None
+    due_at_ms = 1000.0 * origin_s + (chunk.seq + 1) * chunk_ms
+    return due_at_ms, 1000.0 * sent_at_s[chunk.seq]
 
 
 def quantiles(values: Sequence[float], qs: Sequence[int] = QUANTILES) -> dict[int, float | None]:
@@ -576,10 +640,12 @@ def send_streams(
     encoding: AudioEncoding,
     origins_s: dict[str, float],
     lateness_s: list[float],
+    sent_at_s: dict[str, list[float]],
 ) -> None:
     """Real-time sender: chunk k of every stream when its audio is complete; then end of stream.
 
-    `origins_s` gets, per stream, the wall-clock time (Unix s) at which its audio time 0 is spoken.
+    `origins_s` gets, per stream, the wall-clock time (Unix s) at which its audio time 0 is spoken;
+    `sent_at_s`, per stream, the wall-clock time at which chunk k began to be sent (index k).
     Uses aiokafka (C record batches) rather than kafka-python, whose pure-Python CRC-32C costs
     ~0.5 ms of CPU per 3 kB record here: the load generator shares the cores with the workers.
     """
@@ -592,6 +658,7 @@ def send_streams(
             encoding=encoding,
             origins_s=origins_s,
             lateness_s=lateness_s,
+            sent_at_s=sent_at_s,
         )
     )
 
@@ -605,6 +672,7 @@ async def _send_streams(
     encoding: AudioEncoding,
     origins_s: dict[str, float],
     lateness_s: list[float],
+    sent_at_s: dict[str, list[float]],
 ) -> None:
     from aiokafka import AIOKafkaProducer
 
@@ -619,9 +687,11 @@ async def _send_streams(
     chunks = int(duration_s * 1000 // chunk_ms)
     groups = [plans[g::SEND_GROUPS] for g in range(SEND_GROUPS)]
     began = time.time() + 0.5
+    group_sent_at_s: list[list[float]] = [[] for _ in groups]
     for g, group in enumerate(groups):
         for plan in group:  # audio time 0 of this stream is spoken at this wall time
             origins_s[plan.stream_id] = began + g * chunk_ms / 1000 / SEND_GROUPS
+            sent_at_s[plan.stream_id] = group_sent_at_s[g]  # one list per group, shared
     topic = settings.topics.audio
     silence = {enc: encode_s16(np.zeros(chunk_samples, np.int16), enc) for enc in AudioEncoding}
     fixed = [("v", b"1"), ("rate", str(SAMPLE_RATE_HZ).encode()), ("enc", encoding.value.encode())]
@@ -635,6 +705,7 @@ async def _send_streams(
                 await asyncio.sleep(delay)
             else:
                 lateness_s.append(-delay)
+            group_sent_at_s[g].append(time.time())
             eos = seq == chunks
             # headers as AudioChunkHeader.to_kafka_headers() writes them, built by hand to stay cheap
             headers = fixed + [("seq", str(seq).encode()), ("eos", b"true" if eos else b"false")]
@@ -709,14 +780,43 @@ class LatencySamples:
     worker_total_ms: list[float]  # LatencyBreakdown.total_ms: speech end received -> result made
 
 
+def closing_times(
+    plans: Sequence[StreamPlan],
+    pairs: Sequence[tuple[str, Utterance, SegmentResult]],
+    *,
+    settings: Settings,
+    chunk_ms: int,
+    chunks: int,
+    encoding: AudioEncoding,
+    origins_s: Mapping[str, float],
+    sent_at_s: Mapping[str, Sequence[float]],
+) -> tuple[dict[ResultKey, tuple[float, float]], int]:
+    """(due, sent) of the closing chunk of every matched result the replay agrees with, and how many."""
+    params = EndpointerParams.from_settings(settings.vad)
+    by_stream = {plan.stream_id: plan for plan in plans}
+    replayed: dict[str, dict[int, ClosingChunk]] = {}
+    times: dict[ResultKey, tuple[float, float]] = {}
+    for stream_id, _, result in pairs:
+        if stream_id not in replayed:
+            replayed[stream_id] = closing_chunks(by_stream[stream_id], chunk_ms=chunk_ms, chunks=chunks,
+                                                 encoding=encoding, params=params)
+        found = closing_chunk_at_ms(result, replayed[stream_id], origin_s=origins_s[stream_id],
+                                    chunk_ms=chunk_ms, sent_at_s=sent_at_s.get(stream_id, ()))
+        if found is not None:
+            times[result.key] = found
+    return times, len(times)
+
+
 def latency_samples(
     pairs: Iterable[tuple[str, Utterance, SegmentResult]],
     *,
     origins_s: Mapping[str, float],
     hangover_ms: float,
+    closing_at_ms: Mapping[ResultKey, tuple[float, float]] | None = None,
 ) -> LatencySamples:
     """Latency and its parts of every matched result with a notice; `origins_s` is the wall clock
-    (Unix s) at which each stream's audio time 0 was spoken."""
+    (Unix s) at which each stream's audio time 0 was spoken; `closing_at_ms`, per result key, the
+    (due, sent) wall clock of the chunk that closed its segment where known."""
     latencies: list[float] = []
     parts: dict[str, list[float]] = {name: [] for name in LATENCY_PARTS}
     worker_total_ms: list[float] = []
@@ -726,7 +826,8 @@ def latency_samples(
         if latency is None:
             continue
         latencies.append(latency)
-        found = latency_parts_ms(result, utterance_end_at_ms=end_at_ms, hangover_ms=hangover_ms)
+        found = latency_parts_ms(result, utterance_end_at_ms=end_at_ms, hangover_ms=hangover_ms,
+                                 closing_chunk_at_ms=(closing_at_ms or {}).get(result.key))
         for name, value in found.items():
             parts[name].append(value)
         if "total" in result.stage_ms:
@@ -799,6 +900,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
     utterances_by_stream = {plan.stream_id: plan.utterances for plan in plans}
     origins_s: dict[str, float] = {}
     lateness_s: list[float] = []
+    sent_at_s: dict[str, list[float]] = {}
     stored: list[EmotionEvent] | None = None
     on_topic: list[EmotionEvent] | None = None
     topic_unreadable = 0
@@ -826,6 +928,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
                 "encoding": AudioEncoding(args.encoding),
                 "origins_s": origins_s,
                 "lateness_s": lateness_s,
+                "sent_at_s": sent_at_s,
             },
         )
         services = {"broker": stack.broker, "redis": stack.redis}
@@ -858,7 +961,13 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
     counted = count_results(
         utterances_by_stream, notices.received, stored=stored, on_topic=on_topic
     )
-    samples = latency_samples(counted.matching.pairs, origins_s=origins_s, hangover_ms=hangover_ms)
+    closing_at_ms, closing_known = closing_times(
+        plans, counted.matching.pairs, settings=settings, chunk_ms=args.chunk_ms,
+        chunks=int(args.duration_s * 1000 // args.chunk_ms), encoding=AudioEncoding(args.encoding),
+        origins_s=origins_s, sent_at_s=sent_at_s,
+    )
+    samples = latency_samples(counted.matching.pairs, origins_s=origins_s, hangover_ms=hangover_ms,
+                              closing_at_ms=closing_at_ms)
     cores = cores_used(cpu_start, cpu_end)
     by_stage = {
         str(stage): sum(cores[w.name] for w in stack.workers if w.stage == stage)
@@ -884,6 +993,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
         "unmatched_results": len(matching.unmatched),
         "duplicates": counted.duplicates,
         "latency_samples": len(samples.latencies_ms),
+        "closing_chunk_known": closing_known,  # results whose audio_to_vad is split in three
         "latency_ms": quantiles(samples.latencies_ms),
         "beyond_hangover_ms": quantiles(beyond),
         # the parts, then the inference worker's own total (not a part)
@@ -1011,7 +1121,8 @@ def format_run(report: Mapping[str, Any]) -> str:
         p50_sum = sum(p50 for p50, _ in breakdown.values() if p50 is not None)
         lines.append(
             f"  beyond the hangover, p50/p95 ms per part: {parts} "
-            f"(sum of p50s {p50_sum:.0f} against p50 {_ms(beyond[50])})"
+            f"(sum of p50s {p50_sum:.0f} against p50 {_ms(beyond[50])}; closing chunk known for "
+            f"{report['closing_chunk_known']} of {report['latency_samples']})"
         )
     stages = " ".join(f"{stage} {cpu[stage]:.2f}" for stage in ("vad", "inference") if stage in cpu)
     lines.append(

@@ -11,6 +11,7 @@ from tests._benchmark_helpers import load_benchmark
 
 bench = load_benchmark("streams_benchmark")
 Utterance, SegmentResult = bench.Utterance, bench.SegmentResult
+SPLIT_PARTS = ("endpoint", "send_late", "to_vad")  # audio_to_vad, where the closing chunk is known
 
 
 def result(
@@ -121,7 +122,7 @@ def test_latency_parts_sum_to_the_latency_beyond_the_hangover() -> None:
     )
     latency = bench.latency_ms(seen, utterance_end_at_ms=utterance_end_at_ms)
 
-    assert list(parts) == list(bench.LATENCY_PARTS)
+    assert list(parts) == [name for name in bench.LATENCY_PARTS if name not in SPLIT_PARTS]
     assert parts == pytest.approx(
         {
             "audio_to_vad": 60.0,
@@ -134,6 +135,39 @@ def test_latency_parts_sum_to_the_latency_beyond_the_hangover() -> None:
     )
     assert latency == pytest.approx(sum(parts.values()) + hangover_ms)
     assert seen.stage_ms["total"] == 45.0  # the worker's own total, kept beside the parts
+
+
+def test_a_known_closing_chunk_splits_audio_to_vad_in_three() -> None:
+    seen = SegmentResult("a", 0, 850, 2_300, received_at_ms=2_000.0, speech_end_at_ms=1_500.0,
+                         made_at_ms=1_990.0)
+    # utterance end 1,000 + hangover 300; the closing chunk was due at 1,400 and sent at 1,450
+    parts = bench.latency_parts_ms(seen, utterance_end_at_ms=1_000.0, hangover_ms=300.0,
+                                   closing_chunk_at_ms=(1_400.0, 1_450.0))
+    assert parts == pytest.approx({"endpoint": 100.0, "send_late": 50.0, "to_vad": 50.0, "publish": 10.0})
+    without = bench.latency_parts_ms(seen, utterance_end_at_ms=1_000.0, hangover_ms=300.0)
+    assert without["audio_to_vad"] == pytest.approx(sum(parts[name] for name in SPLIT_PARTS))
+
+
+def test_the_replayed_end_pointer_closes_each_utterance_after_its_hangover() -> None:
+    (plan,) = bench.plan_streams(1, 30.0, pause_s=(2.0, 3.0), seed=3)
+    params = bench.EndpointerParams()
+    chunk_ms, chunks = 100, 300
+    closing = bench.closing_chunks(plan, chunk_ms=chunk_ms, chunks=chunks, encoding=bench.AudioEncoding.S16LE,
+                                   params=params)
+    assert len(closing) == len(plan.utterances)  # one segment per utterance of the fixture
+    for index, utterance in enumerate(plan.utterances):
+        closed_at_ms = (closing[index].seq + 1) * chunk_ms  # end of the closing chunk, stream time
+        assert utterance.end_ms + params.hangover_ms <= closed_at_ms <= utterance.end_ms + params.hangover_ms + 400
+        assert utterance.end_ms < closing[index].segment_end_ms
+    # the result of that segment gets the closing chunk's due time and its send time
+    sent_at_s = [10.0 + 0.1 * (seq + 1) + 0.02 for seq in range(chunks + 1)]  # each chunk sent 20 ms late
+    seen = SegmentResult(plan.stream_id, 0, plan.utterances[0].start_ms, closing[0].segment_end_ms)
+    due_at_ms, sent_at_ms = bench.closing_chunk_at_ms(seen, closing, origin_s=10.0, chunk_ms=chunk_ms,
+                                                      sent_at_s=sent_at_s)
+    assert due_at_ms == pytest.approx(10_000.0 + (closing[0].seq + 1) * chunk_ms)
+    assert sent_at_ms - due_at_ms == pytest.approx(20.0)
+    other_end = SegmentResult(plan.stream_id, 0, 0.0, closing[0].segment_end_ms + 50)  # not the replay's segment
+    assert bench.closing_chunk_at_ms(other_end, closing, origin_s=10.0, chunk_ms=chunk_ms, sent_at_s=sent_at_s) is None
 
 
 def test_a_result_without_a_notice_has_no_latency() -> None:
