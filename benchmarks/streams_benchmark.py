@@ -24,7 +24,12 @@ Printed per run:
   / p99, and the same minus the VAD hangover (the end-pointer must hear `hangover_ms` of silence
   before it may close a segment);
 - where that time went, p50 / p95 per part (`LATENCY_PARTS`; from the result's LatencyBreakdown and
-  wall-clock stamps); per result the parts sum to its latency beyond the hangover;
+  wall-clock stamps); per result the parts sum to its latency beyond the hangover. The time to the
+  VAD worker is split three ways where the chunk that closed the segment is known: the end-pointer
+  is replayed offline on each stream's chunks (`closing_chunks`), which gives that chunk's due time,
+  and the sender records when it sent each chunk: endpoint (end-pointer lag + chunk wait, audio
+  time), send_late (the load generator behind real time on the shared cores), to_vad (producer,
+  broker, fetch);
 - the plan: pauses between utterances and utterance lengths (min / median / max);
 - CPU: cores used by the workers, broker + Redis and the load generator during the steady window,
   and per stream; the machine's load average and busy cores, and the benchmark's share of them;
