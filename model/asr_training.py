@@ -46,6 +46,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 FRAME_BUCKET_FRAMES = 32  # a batch's frames are its longest utterance's, rounded up to this (0.32 s)
+LENGTH_POOL_BATCHES = 32  # length bucketing: batches of a pool this many batches long are cut from it sorted
 PAPER_CTC_WEIGHT = 0.6  # alpha of equation 8, "determined by experiment"
 
 
@@ -142,7 +143,8 @@ class UtteranceTask(TrainingTask):
 
     def __init__(self, utterances: UtteranceSet, device: torch.device, *, tokenizer: BpeTokenizer | None = None,
                  label_ids: np.ndarray | None = None, ctc_weight: float = 0.0,
-                 eval_set: tuple[UtteranceSet, np.ndarray] | None = None) -> None:
+                 eval_set: tuple[UtteranceSet, np.ndarray] | None = None, seed: int = 0,
+                 length_bucketing: bool = True) -> None:
         if tokenizer is None and label_ids is None:
             raise ValueError("an utterance task needs CTC targets (a tokenizer), emotion labels, or both")
         features, frames = pad_sequences(utterances.features)
@@ -171,6 +173,26 @@ class UtteranceTask(TrainingTask):
             arrays.append(np.asarray(label_ids, dtype=np.int64))
         self.fingerprint = utterance_fingerprint(*arrays)
         self.eval_set = eval_set
+        self.length_bucketing = length_bucketing
+        self.batch_draw = torch.Generator().manual_seed(seed + 3)
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"batch_order": self.batch_draw} if self.length_bucketing else {}
+
+    def epoch_order(self, order: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Length bucketing: each pool of LENGTH_POOL_BATCHES batches of the shuffled order is sorted
+        by length and cut into batches, and the batches are shuffled; a batch is padded to its
+        longest utterance, so similar lengths waste less padding."""
+        if not self.length_bucketing:
+            return order
+        lengths = torch.from_numpy(self.frames_host)[order]
+        pool = batch_size * LENGTH_POOL_BATCHES
+        grouped = torch.cat([order[start : start + pool][torch.argsort(lengths[start : start + pool], stable=True)]
+                             for start in range(0, len(order), pool)])
+        full = len(order) // batch_size
+        batches = grouped[: full * batch_size].view(full, batch_size)
+        return torch.cat([batches[torch.randperm(full, generator=self.batch_draw)].reshape(-1),
+                          grouped[full * batch_size :]])
 
     @staticmethod
     def _check_ctc_lengths(frames: np.ndarray, target_lengths: np.ndarray) -> None:
@@ -182,7 +204,7 @@ class UtteranceTask(TrainingTask):
 
     def identity(self) -> dict[str, str]:
         return {"data": self.fingerprint, "task": f"ctc={self.with_ctc},emotion={self.with_emotion},"
-                                                  f"alpha={self.ctc_weight}"}
+                                                  f"alpha={self.ctc_weight},bucketing={self.length_bucketing}"}
 
     def batch(self, indices: torch.Tensor, host_indices: np.ndarray) -> tuple[torch.Tensor, ...]:
         longest = int(self.frames_host[host_indices].max())
@@ -277,7 +299,7 @@ def pretrain_ctc(
         raise ValueError(f"tokenizer has {tokenizer.vocabulary} pieces but the network config {config.vocabulary}")
     torch.manual_seed(recipe.seed)
     model = AsrMultitaskTransformer(replace(config, emotion_token=False))
-    task = UtteranceTask(utterances, device, tokenizer=tokenizer)
+    task = UtteranceTask(utterances, device, tokenizer=tokenizer, seed=recipe.seed)
     history = run_training(model, task, recipe, device, state_path, progress, description, on_epoch_end)
     return model, tokenizer, history
 
@@ -344,7 +366,7 @@ def finetune(
             tokenizer = BpeTokenizer.train(utterances.transcripts, base.vocabulary)
         model = AsrMultitaskTransformer(replace(base, emotion_token=True, num_classes=len(labels)))
     task = UtteranceTask(utterances, device, tokenizer=tokenizer if alpha > 0 else None, label_ids=label_ids,
-                         ctc_weight=alpha,
+                         ctc_weight=alpha, seed=recipe.seed,
                          eval_set=None if eval_set is None else
                          (eval_set, np.array([index[label] for label in eval_set.labels], dtype=np.int64)))
     history = run_training(model, task, recipe, device, state_path, progress, description, on_epoch_end)

@@ -132,6 +132,12 @@ class TrainingTask(ABC):
     def identity(self) -> dict[str, str]:
         """What a resume must find unchanged besides the recipe and the model: at least "data"."""
 
+    def epoch_order(self, order: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """The epoch's example order (host tensor) from its shuffled permutation; consecutive runs of
+        `batch_size` are its batches and the remainder is dropped. Default: the permutation as it is;
+        a task may regroup it (e.g. batches of similar length) with its own generators only."""
+        return order
+
     def begin_epoch(self) -> None:
         """Per-epoch draws, after the epoch's shuffle (e.g. one feature-bank variant per clip)."""
 
@@ -309,7 +315,7 @@ def run_training(
         for group in optimizer.param_groups:
             group["lr"] = recipe.learning_rate * learning_rate_factor(epoch, recipe)
         model.train()
-        host_order = torch.randperm(task.examples, generator=shuffle)
+        host_order = task.epoch_order(torch.randperm(task.examples, generator=shuffle), batch_size)
         order = host_order.to(device)
         host_order_array = host_order.numpy()
         task.begin_epoch()
