@@ -170,6 +170,20 @@ def test_the_replayed_end_pointer_closes_each_utterance_after_its_hangover() -> 
     assert bench.closing_chunk_at_ms(other_end, closing, origin_s=10.0, chunk_ms=chunk_ms, sent_at_s=sent_at_s) is None
 
 
+def test_the_pipeline_figure_takes_the_generator_lateness_out_of_the_latency() -> None:
+    utterances = {"a": [Utterance(1_000, 2_000)]}
+    seen = SegmentResult("a", 0, 850, 2_300, received_at_ms=1_000_000 + 2_000 + 900,
+                         speech_end_at_ms=1_000_000 + 2_000 + 700.0, made_at_ms=1_000_000 + 2_000 + 890.0)
+    pairs = bench.match_streams(utterances, [seen]).pairs
+    # the closing chunk was due 400 ms after the utterance's end and sent 250 ms late
+    closing = {("a", 0): (1_000_000 + 2_000 + 400.0, 1_000_000 + 2_000 + 650.0)}
+    samples = bench.latency_samples(pairs, origins_s={"a": 1_000.0}, hangover_ms=300.0, closing_at_ms=closing)
+    assert samples.latencies_ms == pytest.approx([900.0])
+    assert samples.parts_ms["send_late"] == pytest.approx([250.0])
+    assert samples.pipeline_beyond_ms == pytest.approx([900.0 - 300.0 - 250.0])
+    assert bench.latency_samples(pairs, origins_s={"a": 1_000.0}, hangover_ms=300.0).pipeline_beyond_ms == []
+
+
 def test_a_result_without_a_notice_has_no_latency() -> None:
     seen = result("a", 0, 850, 2_300, received_at_ms=None)
     assert bench.latency_ms(seen, utterance_end_at_ms=1_000.0) is None
@@ -211,6 +225,7 @@ def test_seed_spread_over_runs_of_one_stream_count() -> None:
     def report(p50: float | None, p95: float | None, lost: int) -> dict:
         return {
             "beyond_hangover_ms": {50: p50, 95: p95},
+            "beyond_hangover_less_sender_late_ms": {50: p50, 95: None if p95 is None else p95 - 40},
             "lost": lost,
             "unmatched_results": 0,
             "duplicates": 1,
@@ -220,6 +235,7 @@ def test_seed_spread_over_runs_of_one_stream_count() -> None:
     figures = bench.seed_spread([report(200, 250, 0), report(210, 290, 2), report(None, None, 5)])
 
     assert figures["p95_beyond_hangover_ms"] == bench.Spread(2, 250.0, 270.0, 290.0)
+    assert figures["p95_beyond_hangover_less_sender_late_ms"] == bench.Spread(2, 210.0, 230.0, 250.0)
     assert figures["lost"] == bench.Spread(3, 0.0, 2.0, 5.0)
     assert figures["duplicates"].max == 1.0
 
