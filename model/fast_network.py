@@ -120,7 +120,8 @@ class ChannelConvBlock(nn.Module):
         if not isinstance(bn, nn.BatchNorm2d) or conv.bias is None:
             raise ValueError("ChannelConvBlock takes a conv with a bias and a per-channel BatchNorm2d")
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, dilation=conv.dilation)
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                              padding=conv.padding, dilation=conv.dilation)
         bias = self.conv.bias
         assert bias is not None
         with torch.no_grad():
