@@ -51,6 +51,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -97,6 +98,8 @@ TAIL_SILENCE_S = 1.0  # no utterance ends in the last second of a stream
 TOPIC_IDLE_S = 3.0  # reading the emotions topic back stops after this long without a record
 TOPIC_WAIT_S = 10.0  # for the emotions topic to be found when reading it back
 QUANTILES = (50, 95, 99)
+SENDER_CONTEXT = multiprocessing.get_context("spawn")  # the benchmark has threads: no fork
+SENDER_START_S = 30.0  # for the sender process to start (imports) and to send its times back
 
 ResultKey = tuple[str, int]  # (stream id, segment index)
 
@@ -640,36 +643,52 @@ def machine_busy_seconds() -> float:
 # load generator -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PlanSpec:
+    """What `plan_streams` needs: the sender process plans the same streams from it."""
+
+    streams: int
+    duration_s: float
+    pause_s: tuple[float, float]
+    seed: int
+
+    def plans(self) -> list[StreamPlan]:
+        return plan_streams(self.streams, self.duration_s, pause_s=self.pause_s, seed=self.seed)
+
+
+@dataclass
+class SendTimes:
+    """What the sender reports back: per stream the wall clock (Unix s) at which its audio time 0 is
+    spoken and at which chunk k began to be sent (index k), and how late each send round was."""
+
+    origins_s: dict[str, float] = field(default_factory=dict)
+    sent_at_s: dict[str, list[float]] = field(default_factory=dict)
+    lateness_s: list[float] = field(default_factory=list)
+
+
 def send_streams(
     settings: Settings,
-    plans: list[StreamPlan],
+    spec: PlanSpec,
+    connection: Any,
     *,
     chunk_ms: int,
-    duration_s: float,
     encoding: AudioEncoding,
-    origins_s: dict[str, float],
-    lateness_s: list[float],
-    sent_at_s: dict[str, list[float]],
 ) -> None:
-    """Real-time sender: chunk k of every stream when its audio is complete; then end of stream.
+    """The sender process: chunk k of every stream when its audio is complete, then end of stream;
+    its SendTimes go back through `connection` (a multiprocessing Pipe end).
 
-    `origins_s` gets, per stream, the wall-clock time (Unix s) at which its audio time 0 is spoken;
-    `sent_at_s`, per stream, the wall-clock time at which chunk k began to be sent (index k).
-    Uses aiokafka (C record batches) rather than kafka-python, whose pure-Python CRC-32C costs
-    ~0.5 ms of CPU per 3 kB record here: the load generator shares the cores with the workers.
+    A process of its own, not a thread of the benchmark: in one process its asyncio loop shared the
+    GIL with the pub/sub listener. Uses aiokafka (C record batches) rather than kafka-python, whose
+    pure-Python CRC-32C costs ~0.5 ms of CPU per 3 kB record here: the load generator shares the
+    cores with the workers.
     """
-    asyncio.run(
-        _send_streams(
-            settings,
-            plans,
-            chunk_ms=chunk_ms,
-            duration_s=duration_s,
-            encoding=encoding,
-            origins_s=origins_s,
-            lateness_s=lateness_s,
-            sent_at_s=sent_at_s,
-        )
-    )
+    times = SendTimes()
+    try:
+        asyncio.run(_send_streams(settings, spec.plans(), chunk_ms=chunk_ms, duration_s=spec.duration_s,
+                                  encoding=encoding, times=times))
+    finally:
+        connection.send(times)
+        connection.close()
 
 
 async def _send_streams(
@@ -679,9 +698,7 @@ async def _send_streams(
     chunk_ms: int,
     duration_s: float,
     encoding: AudioEncoding,
-    origins_s: dict[str, float],
-    lateness_s: list[float],
-    sent_at_s: dict[str, list[float]],
+    times: SendTimes,
 ) -> None:
     from aiokafka import AIOKafkaProducer
 
@@ -699,8 +716,8 @@ async def _send_streams(
     group_sent_at_s: list[list[float]] = [[] for _ in groups]
     for g, group in enumerate(groups):
         for plan in group:  # audio time 0 of this stream is spoken at this wall time
-            origins_s[plan.stream_id] = began + g * chunk_ms / 1000 / SEND_GROUPS
-            sent_at_s[plan.stream_id] = group_sent_at_s[g]  # one list per group, shared
+            times.origins_s[plan.stream_id] = began + g * chunk_ms / 1000 / SEND_GROUPS
+            times.sent_at_s[plan.stream_id] = group_sent_at_s[g]  # one list per group, shared
     topic = settings.topics.audio
     silence = {enc: encode_s16(np.zeros(chunk_samples, np.int16), enc) for enc in AudioEncoding}
     fixed = [("v", b"1"), ("rate", str(SAMPLE_RATE_HZ).encode()), ("enc", encoding.value.encode())]
@@ -713,7 +730,7 @@ async def _send_streams(
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
-                lateness_s.append(-delay)
+                times.lateness_s.append(-delay)
             group_sent_at_s[g].append(time.time())
             eos = seq == chunks
             # headers as AudioChunkHeader.to_kafka_headers() writes them, built by hand to stay cheap
@@ -878,7 +895,8 @@ def cores_used(start: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
     cores = {
         name: (end.process_s[name] - start.process_s[name]) / window_s for name in start.process_s
     }
-    cores["load_generator"] = (end.generator_s - start.generator_s) / window_s
+    # this process's listeners, and the sender process where it is one of the named ones
+    cores["load_generator"] = (end.generator_s - start.generator_s) / window_s + cores.pop("sender", 0.0)
     cores["machine_busy"] = (end.machine_busy_s - start.machine_busy_s) / window_s
     return cores
 
@@ -909,13 +927,10 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
     stack = LocalStack(settings, counts=counts, log_dir=workdir / tag)
     stop = threading.Event()
     notices = Notices()
-    plans = plan_streams(
-        streams, args.duration_s, pause_s=(args.pause_min_s, args.pause_max_s), seed=seed
-    )
+    spec = PlanSpec(streams, args.duration_s, (args.pause_min_s, args.pause_max_s), seed)
+    plans = spec.plans()
     utterances_by_stream = {plan.stream_id: plan.utterances for plan in plans}
-    origins_s: dict[str, float] = {}
-    lateness_s: list[float] = []
-    sent_at_s: dict[str, list[float]] = {}
+    times = SendTimes()
     stored: list[EmotionEvent] | None = None
     on_topic: list[EmotionEvent] | None = None
     topic_unreadable = 0
@@ -933,28 +948,27 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
                 target=notices.listen_segments, args=(settings, stop), daemon=True
             )
         listener.start()
-        sender = threading.Thread(
+        receiving, sending = SENDER_CONTEXT.Pipe(duplex=False)
+        sender = SENDER_CONTEXT.Process(
             target=send_streams,
-            args=(settings, plans),
+            args=(settings, spec, sending),
+            kwargs={"chunk_ms": args.chunk_ms, "encoding": AudioEncoding(args.encoding)},
             daemon=True,
-            kwargs={
-                "chunk_ms": args.chunk_ms,
-                "duration_s": args.duration_s,
-                "encoding": AudioEncoding(args.encoding),
-                "origins_s": origins_s,
-                "lateness_s": lateness_s,
-                "sent_at_s": sent_at_s,
-            },
         )
         services = {"broker": stack.broker, "redis": stack.redis}
-        pids = {p.name: p.pid for p in stack.workers} | {n: s.pid for n, s in services.items() if s}
         sender.start()
+        pids = {p.name: p.pid for p in stack.workers} | {n: s.pid for n, s in services.items() if s}
+        pids["sender"] = sender.pid
         warmup_s = min(10.0, args.duration_s / 4)
         time.sleep(warmup_s)
         cpu_start = CpuSnapshot.take({name: pid for name, pid in pids.items() if pid})
         time.sleep(max(1.0, args.duration_s - 2 * warmup_s))
         cpu_end = CpuSnapshot.take({name: pid for name, pid in pids.items() if pid})
-        sender.join()
+        if receiving.poll(args.duration_s + SENDER_START_S):
+            times = receiving.recv()
+        sender.join(SENDER_START_S)
+        if not times.origins_s:
+            raise RuntimeError(f"the sender process sent nothing back (exit code {sender.exitcode})")
         # drain: results still queued arrive late but are not lost; wait until none came for drain_s
         last_count, quiet_since, drain_began = -1, time.monotonic(), time.monotonic()
         while (
@@ -979,9 +993,9 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
     closing_at_ms, closing_known = closing_times(
         plans, counted.matching.pairs, settings=settings, chunk_ms=args.chunk_ms,
         chunks=int(args.duration_s * 1000 // args.chunk_ms), encoding=AudioEncoding(args.encoding),
-        origins_s=origins_s, sent_at_s=sent_at_s,
+        origins_s=times.origins_s, sent_at_s=times.sent_at_s,
     )
-    samples = latency_samples(counted.matching.pairs, origins_s=origins_s, hangover_ms=hangover_ms,
+    samples = latency_samples(counted.matching.pairs, origins_s=times.origins_s, hangover_ms=hangover_ms,
                               closing_at_ms=closing_at_ms)
     cores = cores_used(cpu_start, cpu_end)
     by_stage = {
@@ -1061,7 +1075,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
             "benchmark_share_of_busy": round(ours_cpu / busy_cpu, 3) if busy_cpu > 0 else None,
             "other_cores": round(max(0.0, busy_cpu - ours_cpu), 3),
         },
-        "sender_late_p99_ms": round(1000 * (percentile(lateness_s, 99) or 0.0), 1),
+        "sender_late_p99_ms": round(1000 * (percentile(times.lateness_s, 99) or 0.0), 1),
         "load_average_1min": round(cpu_end.load_average[0], 2),
         "drained_s": round(drained_s, 1),
         "sustained": not matching.lost
