@@ -37,15 +37,32 @@ def elu(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(x, torch.exp(torch.clamp(x, max=0.0)) - 1.0)
 
 
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per feature of an inference-mode BatchNorm: bn(x) = scale * x + shift."""
+    scale = (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).detach()
+    return scale, (bn.bias - bn.running_mean * scale).detach()
+
+
+def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One conv equal to `bn(conv(x))` at inference: s_c (W_c * x + b_c) + h_c = (s_c W_c) * x + (s_c b_c + h_c)."""
+    scale, shift = batchnorm_affine(bn)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                       padding=conv.padding, dilation=conv.dilation, bias=True)
+    bias = folded.bias
+    assert bias is not None
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight * scale[:, None, None, None])
+        bias.copy_(shift if conv.bias is None else conv.bias * scale + shift)
+    return folded
+
+
 def frame_affine(norm: TimeBatchNorm, coefficients: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-frame (scale, shift) of an inference-mode TimeBatchNorm, (1, 1, frames, coefficients).
 
     Repeated over the coefficients on purpose: ONNX Runtime broadcasts a (1, 1, T, F) operand over
     the channels in contiguous spans, but a (1, 1, T, 1) one element by element (~0.3 ms slower).
     """
-    bn = norm.norm
-    scale = (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).detach()
-    shift = (bn.bias - bn.running_mean * scale).detach()
+    scale, shift = batchnorm_affine(norm.norm)
     return (scale[None, None, :, None].expand(-1, -1, -1, coefficients).contiguous(),
             shift[None, None, :, None].expand(-1, -1, -1, coefficients).contiguous())
 
@@ -111,22 +128,14 @@ class FrontConvBlock(nn.Module):
 
 
 class ChannelConvBlock(nn.Module):
-    """A CNN block whose per-channel BatchNorm (frame_batchnorm=False) is folded into its conv:
-    s_c (W_c * x + b_c) + h_c = (s_c W_c) * x + (s_c b_c + h_c), then ELU and the 2x2 average pool."""
+    """A CNN block whose per-channel BatchNorm (frame_batchnorm=False) is folded into its conv
+    (`folded_conv`), then ELU and the 2x2 average pool."""
 
     def __init__(self, block: ConvBlock) -> None:
         super().__init__()
-        conv, bn = block.conv, block.norm
-        if not isinstance(bn, nn.BatchNorm2d) or conv.bias is None:
-            raise ValueError("ChannelConvBlock takes a conv with a bias and a per-channel BatchNorm2d")
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                              padding=conv.padding, dilation=conv.dilation)
-        bias = self.conv.bias
-        assert bias is not None
-        with torch.no_grad():
-            self.conv.weight.copy_(conv.weight * scale[:, None, None, None])
-            bias.copy_(conv.bias * scale + bn.bias - bn.running_mean * scale)
+        if not isinstance(block.norm, nn.BatchNorm2d):
+            raise ValueError("ChannelConvBlock takes a block with a per-channel BatchNorm2d")
+        self.conv = folded_conv(block.conv, block.norm)
         self.pool = block.pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,15 +147,7 @@ class FastSpatialAttention(nn.Module):
 
     def __init__(self, attention: SpatialAttention) -> None:
         super().__init__()
-        bn = attention.norm
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        conv = attention.conv
-        self.conv = nn.Conv2d(2, 1, conv.kernel_size, padding=conv.padding, bias=True)
-        bias = self.conv.bias
-        assert bias is not None
-        with torch.no_grad():
-            self.conv.weight.copy_(conv.weight * scale[:, None, None, None])
-            bias.copy_(bn.bias - bn.running_mean * scale)
+        self.conv = folded_conv(attention.conv, attention.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
