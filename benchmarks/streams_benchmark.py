@@ -825,8 +825,8 @@ def closing_times(
     encoding: AudioEncoding,
     origins_s: Mapping[str, float],
     sent_at_s: Mapping[str, Sequence[float]],
-) -> tuple[dict[ResultKey, tuple[float, float]], int]:
-    """(due, sent) of the closing chunk of every matched result the replay agrees with, and how many."""
+) -> dict[ResultKey, tuple[float, float]]:
+    """(due, sent) of the closing chunk of every matched result the replay agrees with."""
     params = EndpointerParams.from_settings(settings.vad)
     by_stream = {plan.stream_id: plan for plan in plans}
     replayed: dict[str, dict[int, ClosingChunk]] = {}
@@ -839,7 +839,7 @@ def closing_times(
                                     chunk_ms=chunk_ms, sent_at_s=sent_at_s.get(stream_id, ()))
         if found is not None:
             times[result.key] = found
-    return times, len(times)
+    return times
 
 
 def latency_samples(
@@ -996,7 +996,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
     counted = count_results(
         utterances_by_stream, notices.received, stored=stored, on_topic=on_topic
     )
-    closing_at_ms, closing_known = closing_times(
+    closing_at_ms = closing_times(
         plans, counted.matching.pairs, settings=settings, chunk_ms=args.chunk_ms,
         chunks=int(args.duration_s * 1000 // args.chunk_ms), encoding=AudioEncoding(args.encoding),
         origins_s=times.origins_s, sent_at_s=times.sent_at_s,
@@ -1028,7 +1028,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
         "unmatched_results": len(matching.unmatched),
         "duplicates": counted.duplicates,
         "latency_samples": len(samples.latencies_ms),
-        "closing_chunk_known": closing_known,  # results whose audio_to_vad is split in three
+        "closing_chunk_known": len(closing_at_ms),  # results whose audio_to_vad is split in three
         "latency_ms": quantiles(samples.latencies_ms),
         "beyond_hangover_ms": quantiles(beyond),
         "beyond_hangover_less_sender_late_ms": quantiles(samples.pipeline_beyond_ms),
