@@ -34,18 +34,21 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import numpy as np
 import onnxruntime
 import torch
 from emostream.model.asr_model import AsrMultitaskEmotionModel
 from emostream.model.asr_training import predict_utterances
+from emostream.model.base import EmotionModel
 from emostream.model.checkpoint import read_card
 from emostream.model.features import utterance_windows
 from emostream.model.logmel import logmel_frames
 from emostream.model.plb_model import PLBEmotionModel
 from emostream.model.registry import resolve
 from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ
+from emostream.schemas.model_card import ModelCard
 from emostream.schemas.settings import DEFAULT_MODEL
 
 UTTERANCE_S = 4.5
@@ -102,27 +105,42 @@ def test_audio() -> tuple[np.ndarray, np.ndarray]:
             (0.1 * rng.standard_normal(int(UTTERANCE_S * TELEPHONE_RATE_HZ))).astype(np.float32))
 
 
+def first_predict_s(model: EmotionModel, audio: np.ndarray) -> float:
+    """Seconds of the model's first `predict()` (lazy imports, warm-up), before anything else runs."""
+    started = time.perf_counter()
+    model.predict([audio], INPUT_RATE_HZ)
+    return round(time.perf_counter() - started, 3)
+
+
+def predict_figures(model: EmotionModel, audio: np.ndarray, telephone: np.ndarray, runs: int,
+                    batches: list[int]) -> dict[str, object]:
+    """`predict()` per utterance at each batch size, and at 8 kHz input."""
+    figures: dict[str, object] = {}
+    for batch in batches:
+        figures[f"features_plus_network_batch_{batch}_per_utterance"] = timings_ms(
+            partial(model.predict, [audio] * batch, INPUT_RATE_HZ), max(10, runs // batch), per=batch)
+    figures["features_plus_network_8khz_batch_1"] = timings_ms(
+        lambda: model.predict([telephone], TELEPHONE_RATE_HZ), runs)
+    return figures
+
+
+def network_gflops(mflop: float, figures: dict[str, Any]) -> float:
+    return round(mflop / figures["network_forward"]["cpu_median_ms"], 1)
+
+
 def path_figures(model: PLBEmotionModel, runs: int, batches: list[int]) -> dict[str, object]:
     audio, telephone = test_audio()
     settings = model.card.features
     features = model.window_features  # None on the reference path: librosa
-    first_started = time.perf_counter()
-    model.predict([audio], INPUT_RATE_HZ)
-    first_call_s = time.perf_counter() - first_started
+    first_call_s = first_predict_s(model, audio)
     windows = utterance_windows(audio, INPUT_RATE_HZ, settings, features)
-    figures: dict[str, object] = {
+    return {
         "start_up_s": round(model.load_s, 3),
-        "first_predict_s": round(first_call_s, 3),
+        "first_predict_s": first_call_s,
         "network_forward": timings_ms(lambda: model.logits(windows), runs),
         "features": timings_ms(lambda: utterance_windows(audio, INPUT_RATE_HZ, settings, features), runs),
+        **predict_figures(model, audio, telephone, runs, batches),
     }
-    for batch in batches:
-        utterances = [audio] * batch
-        figures[f"features_plus_network_batch_{batch}_per_utterance"] = timings_ms(
-            partial(model.predict, utterances, INPUT_RATE_HZ), max(10, runs // batch), per=batch)
-    figures["features_plus_network_8khz_batch_1"] = timings_ms(
-        lambda: model.predict([telephone], TELEPHONE_RATE_HZ), runs)
-    return figures
 
 
 def asr_figures(model: AsrMultitaskEmotionModel, runs: int, batches: list[int]) -> dict[str, object]:
@@ -131,34 +149,45 @@ def asr_figures(model: AsrMultitaskEmotionModel, runs: int, batches: list[int]) 
 
     audio, telephone = test_audio()
     settings = model.card.features
+    first_call_s = first_predict_s(model, audio)
     features = logmel_frames(audio, INPUT_RATE_HZ, settings)
-    first_started = time.perf_counter()
-    model.predict([audio], INPUT_RATE_HZ)
-    first_call_s = time.perf_counter() - first_started
+    cpu = torch.device("cpu")
     with FlopCounterMode(display=False) as counter:
-        predict_utterances(model.network, [features], torch.device("cpu"))
-    figures: dict[str, object] = {
+        predict_utterances(model.network, [features], cpu)
+    figures: dict[str, Any] = {
         "start_up_s": round(model.load_s, 3),
-        "first_predict_s": round(first_call_s, 3),
+        "first_predict_s": first_call_s,
         "transcribes": model.transcribes,
         "log_mel_frames": int(features.shape[0]),
         "network_mflop_per_utterance": round(counter.get_total_flops() / 1e6, 1),
-        "network_forward": timings_ms(lambda: predict_utterances(model.network, [features], torch.device("cpu")), runs),
+        "network_forward": timings_ms(lambda: predict_utterances(model.network, [features], cpu), runs),
         "features": timings_ms(lambda: logmel_frames(audio, INPUT_RATE_HZ, settings), runs),
+        **predict_figures(model, audio, telephone, runs, batches),
     }
-    for batch in batches:
-        figures[f"features_plus_network_batch_{batch}_per_utterance"] = timings_ms(
-            partial(model.predict, [audio] * batch, INPUT_RATE_HZ), max(10, runs // batch), per=batch)
-    figures["features_plus_network_8khz_batch_1"] = timings_ms(
-        lambda: model.predict([telephone], TELEPHONE_RATE_HZ), runs)
-    network_ms = figures["network_forward"]["cpu_median_ms"]  # type: ignore[index]
-    figures["network_gflops"] = round(figures["network_mflop_per_utterance"] / network_ms, 1)  # type: ignore[operator]
+    figures["network_gflops"] = network_gflops(figures["network_mflop_per_utterance"], figures)
     return figures
 
 
-def machine_figures() -> dict[str, object]:
-    return {"cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+def run_figures(card: ModelCard, started_at: str, load_before: str, threads: dict[str, object],
+                measured: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """What every run prints around its model's figures: the model, the machine and its load, and
+    the one-thread matrix-multiply rate before and after."""
+    return {
+        "model": f"{card.name} v{card.version} ({card.architecture}, {card.weights_sha256[:12]})",
+        "parameters": card.parameter_count,
+        "utterance_s": UTTERANCE_S,
+        "input_rate_hz": INPUT_RATE_HZ,
+        "started": started_at,
+        "load_average_1_5_15_min_before": load_before,
+        "threads": {"torch": torch.get_num_threads(), **threads, "openblas": os.environ["OPENBLAS_NUM_THREADS"]},
+        "matmul_gflops_one_thread_before": matmul_gflops_one_thread(),
+        **measured(),
+        "load_average_1_5_15_min_after": load_average(),
+        "matmul_gflops_one_thread_after": matmul_gflops_one_thread(),
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def main() -> None:
@@ -174,44 +203,25 @@ def main() -> None:
     folder = resolve(args.model)
     if read_card(folder).architecture != "plb":
         asr = AsrMultitaskEmotionModel(folder)
-        card = asr.card
-        print(json.dumps({
-            "model": f"{card.name} v{card.version} ({card.architecture}, {card.weights_sha256[:12]})",
-            "parameters": card.parameter_count, "utterance_s": UTTERANCE_S, "input_rate_hz": INPUT_RATE_HZ,
-            "started": started_at, "load_average_1_5_15_min_before": load_before,
-            "threads": {"torch": torch.get_num_threads(), "openblas": os.environ["OPENBLAS_NUM_THREADS"]},
-            "matmul_gflops_one_thread_before": matmul_gflops_one_thread(),
-            "eager": asr_figures(asr, args.runs, batches),
-            "load_average_1_5_15_min_after": load_average(),
-            "matmul_gflops_one_thread_after": matmul_gflops_one_thread(), **machine_figures(),
-        }, indent=1))
+        print(json.dumps(run_figures(asr.card, started_at, load_before, {},
+                                     lambda: {"eager": asr_figures(asr, args.runs, batches)}), indent=1))
         return
     fast = PLBEmotionModel(folder, fast=True, threads=1)
     reference = PLBEmotionModel(folder, fast=False)
-    card = fast.card
-    figures = {
-        "model": f"{card.name} v{card.version} ({card.weights_sha256[:12]})",
-        "parameters": card.parameter_count,
-        "utterance_s": UTTERANCE_S,
-        "input_rate_hz": INPUT_RATE_HZ,
-        "started": started_at,
-        "load_average_1_5_15_min_before": load_before,
-        "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": 1,
-                    "openblas": os.environ["OPENBLAS_NUM_THREADS"]},
-        "matmul_gflops_one_thread_before": matmul_gflops_one_thread(),
-        "network_mflop_per_window": network_mflop_per_window(reference),
-        "fast": {"onnx_export_and_session_s": round(fast.onnx_network.build_s, 3) if fast.onnx_network else None,
-                 **path_figures(fast, args.runs, batches)},
-        "reference": path_figures(reference, args.runs, batches),
-        "load_average_1_5_15_min_after": load_average(),
-        "matmul_gflops_one_thread_after": matmul_gflops_one_thread(),
-        **machine_figures(),
-    }
-    for path in ("fast", "reference"):
-        network_ms = figures[path]["network_forward"]["cpu_median_ms"]  # type: ignore[index]
-        figures[path]["network_gflops"] = round(figures["network_mflop_per_window"] / network_ms, 1)  # type: ignore[index, operator]
-    print(json.dumps(figures, indent=1))
 
+    def plb_figures() -> dict[str, object]:
+        mflop = network_mflop_per_window(reference)
+        paths: dict[str, Any] = {
+            "fast": {"onnx_export_and_session_s": round(fast.onnx_network.build_s, 3) if fast.onnx_network else None,
+                     **path_figures(fast, args.runs, batches)},
+            "reference": path_figures(reference, args.runs, batches),
+        }
+        for figures in paths.values():
+            figures["network_gflops"] = network_gflops(mflop, figures)
+        return {"network_mflop_per_window": mflop, **paths}
+
+    print(json.dumps(run_figures(fast.card, started_at, load_before, {"onnxruntime_intra_op": 1}, plb_figures),
+                     indent=1))
 
 if __name__ == "__main__":
     main()
