@@ -133,6 +133,18 @@ class StreamPosition:
             self, anchor_sample=self.stream_sample, anchor_input_samples=0, anchor_rate_hz=rate_hz
         )
 
+    def after_chunk(self, seq: int, input_samples: int) -> "StreamPosition":
+        """The position after chunk `seq` of `input_samples` at `anchor_rate_hz` (re-anchor first on a
+        rate change). Built in one step: this runs for every chunk of every stream."""
+        return StreamPosition(
+            next_seq=seq + 1,
+            anchor_sample=self.anchor_sample,
+            anchor_input_samples=self.anchor_input_samples + input_samples,
+            anchor_rate_hz=self.anchor_rate_hz,
+            last_chunk_input_samples=input_samples,
+            epoch=self.epoch,
+        )
+
 
 @dataclass(frozen=True)
 class StreamCheckpoint:
@@ -371,8 +383,9 @@ class StreamState(Generic[Token]):
         if missing_chunks:
             self._skip_gap(missing_chunks, result, current=chunk)
         if chunk is not None:
-            self._process_chunk(chunk, result)
-        self._position = replace(self._position, next_seq=seq + 1)
+            self._process_chunk(chunk, result)  # moves the position past `seq`
+        else:
+            self._position = replace(self._position, next_seq=seq + 1)
         boundary = self._endpointer.boundary
         if boundary != boundary_before or self._finished:
             self._make_checkpoint(before, boundary, result)
@@ -405,7 +418,7 @@ class StreamState(Generic[Token]):
         if chunk.sample_rate_hz != position.anchor_rate_hz:
             position = position.reanchored(chunk.sample_rate_hz)
         start_sample = position.stream_sample
-        end_position = position.moved_by(len(chunk.samples), rate_hz=chunk.sample_rate_hz)
+        end_position = position.after_chunk(chunk.seq, len(chunk.samples))
         end_sample = end_position.stream_sample
         pcm = resample_s16(chunk.samples, chunk.sample_rate_hz, end_sample - start_sample)
         reached = self._endpointer.samples_seen
@@ -418,7 +431,7 @@ class StreamState(Generic[Token]):
         elif start_sample < reached:  # resuming from a boundary inside this chunk
             pcm = pcm[reached - start_sample :]
         self._push(pcm, result, chunk.received_at_ms)
-        self._position = replace(end_position, last_chunk_input_samples=len(chunk.samples))
+        self._position = end_position
         if chunk.end_of_stream:
             result.segments.extend(
                 self._segments(self._endpointer.flush(), received_at_ms=chunk.received_at_ms)
