@@ -6,7 +6,9 @@ inference workers on `--partitions` partitions: the same subprocesses `emostream
 of real (synthetic, espeak-ng) speech from tests/fixtures/speech.wav placed at random pauses, so
 where every utterance ends is known exactly (stream time). Chunks of `--chunk-ms` (20 or 100 ms:
 a telephony gateway's frame or a batching one's) are sent as a gateway would: chunk k when its
-audio is complete, streams spread evenly over each chunk period. Each stream count runs once per
+audio is complete, streams spread evenly over each chunk period. `--sample-rate-hz 8000 --encoding
+mulaw` sends what a telephony gateway sends (the fixture resampled once to 8 kHz, G.711 on the wire;
+the VAD worker then decodes and resamples every chunk to 16 kHz). Each stream count runs once per
 plan seed (`--seeds`; by default the stream count itself, the plans the README's figures used).
 
 How results are counted (the pure functions below; tests/test_streams_benchmark.py checks them):
@@ -45,6 +47,7 @@ per spread) instead of text.
 Usage: python benchmarks/streams_benchmark.py --streams 100,200,300 --duration-s 60
        python benchmarks/streams_benchmark.py --streams 100,200 --seeds 1,2,3 --png streams.png
        python benchmarks/streams_benchmark.py --streams 200 --chunk-ms 20 --inference-workers 2 --partitions 8
+       python benchmarks/streams_benchmark.py --streams 200 --sample-rate-hz 8000 --encoding mulaw
 """
 
 import argparse
@@ -68,7 +71,7 @@ from typing import Any
 import numpy as np
 import redis
 import soundfile as sf
-from emostream.model.vad import Endpointer, EndpointerParams
+import soxr
 from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, AudioEncoding
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import latest_key, result_key, results_channel
@@ -76,6 +79,7 @@ from emostream.schemas.segment import SegmentHeader
 from emostream.schemas.settings import DEFAULT_MODEL, Settings
 from emostream.workers.cli.clients.producer import encode_s16
 from emostream.workers.runtime.codecs import decode_to_s16
+from emostream.workers.stages.stream_state import Chunk, StreamParams, StreamState
 from emostream.workers.cli.clients.tail import (
     BadResult,
     TailFilter,
@@ -88,7 +92,8 @@ from scipy.optimize import linear_sum_assignment
 REPO = Path(__file__).resolve().parents[1]
 SPEECH_WAV = REPO / "tests" / "fixtures" / "speech.wav"
 SPEECH_JSON = REPO / "tests" / "fixtures" / "speech.json"
-SAMPLE_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # the fixture's rate, sent as s16le without resampling
+FIXTURE_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # the speech fixture's rate; --sample-rate-hz 8000 resamples it once
+SEND_RATES_HZ = (8_000, 16_000)  # telephony gateways send 8 kHz (G.711); wideband ones 16 kHz
 CLOCK_TICKS_S = os.sysconf("SC_CLK_TCK")
 SEND_GROUPS = 10  # each chunk period is split into this many send bursts
 # the fixture's utterance boundaries are cut this much wider (espeak's soft edges)
@@ -142,9 +147,10 @@ class Utterance:
 @dataclass
 class StreamPlan:
     stream_id: str
-    # (start sample, int16 speech samples at SAMPLE_RATE_HZ)
+    # (start sample, int16 speech samples at sample_rate_hz)
     placements: list[tuple[int, np.ndarray]]
     utterances: list[Utterance]
+    sample_rate_hz: int = FIXTURE_RATE_HZ  # the rate the stream is sent at
 
     def chunk(self, start_sample: int, samples: int) -> np.ndarray | None:
         """The chunk's int16 samples, or None when it is all silence."""
@@ -159,46 +165,52 @@ class StreamPlan:
         return out
 
 
-def load_utterances() -> list[np.ndarray]:
-    """The fixture's utterances as int16 samples at SAMPLE_RATE_HZ, cut UTTERANCE_MARGIN_MS wider."""
+def load_utterances(sample_rate_hz: int = FIXTURE_RATE_HZ) -> list[np.ndarray]:
+    """The fixture's utterances as int16 samples at `sample_rate_hz`, cut UTTERANCE_MARGIN_MS wider
+    (resampled once here with soxr, as a telephony gateway's 8 kHz audio would arrive)."""
     samples, rate_hz = sf.read(SPEECH_WAV, dtype="int16")
-    if rate_hz != SAMPLE_RATE_HZ:
-        raise ValueError(f"{SPEECH_WAV}: {rate_hz} Hz, expected {SAMPLE_RATE_HZ}")
+    if rate_hz != FIXTURE_RATE_HZ:
+        raise ValueError(f"{SPEECH_WAV}: {rate_hz} Hz, expected {FIXTURE_RATE_HZ}")
     card = json.loads(SPEECH_JSON.read_text())
     pieces = []
     for item in card["utterances"]:
-        start = max(0, (item["start_ms"] - UTTERANCE_MARGIN_MS) * SAMPLE_RATE_HZ // 1000)
-        end = min(len(samples), (item["end_ms"] + UTTERANCE_MARGIN_MS) * SAMPLE_RATE_HZ // 1000)
-        pieces.append(samples[start:end])
+        start = max(0, (item["start_ms"] - UTTERANCE_MARGIN_MS) * FIXTURE_RATE_HZ // 1000)
+        end = min(len(samples), (item["end_ms"] + UTTERANCE_MARGIN_MS) * FIXTURE_RATE_HZ // 1000)
+        piece = samples[start:end]
+        if sample_rate_hz != FIXTURE_RATE_HZ:
+            piece = soxr.resample(piece, FIXTURE_RATE_HZ, sample_rate_hz, quality="HQ")
+        pieces.append(piece)
     return pieces
 
 
 def plan_streams(
-    count: int, duration_s: float, *, pause_s: tuple[float, float], seed: int
+    count: int, duration_s: float, *, pause_s: tuple[float, float], seed: int,
+    sample_rate_hz: int = FIXTURE_RATE_HZ,
 ) -> list[StreamPlan]:
     """Per stream: pause, utterance, pause, utterance, ... until the duration (random, seeded)."""
+    rate_hz = sample_rate_hz
     rng = random.Random(seed)
-    speech = load_utterances()
+    speech = load_utterances(rate_hz)
     plans = []
     for index in range(count):
         placements, utterances = [], []
         position_s = rng.uniform(FIRST_UTTERANCE_MIN_S, pause_s[1])
         while True:
             piece = speech[rng.randrange(len(speech))]
-            end_s = position_s + len(piece) / SAMPLE_RATE_HZ
+            end_s = position_s + len(piece) / rate_hz
             if end_s > duration_s - TAIL_SILENCE_S:
                 break
-            start = int(position_s * SAMPLE_RATE_HZ)
+            start = int(position_s * rate_hz)
             placements.append((start, piece))
             # the speech itself (without the margins cut around it) is where the utterance is
             utterances.append(
                 Utterance(
-                    1000.0 * start / SAMPLE_RATE_HZ + UTTERANCE_MARGIN_MS,
-                    1000.0 * (start + len(piece)) / SAMPLE_RATE_HZ - UTTERANCE_MARGIN_MS,
+                    1000.0 * start / rate_hz + UTTERANCE_MARGIN_MS,
+                    1000.0 * (start + len(piece)) / rate_hz - UTTERANCE_MARGIN_MS,
                 )
             )
             position_s = end_s + rng.uniform(*pause_s)
-        plans.append(StreamPlan(f"bench-{seed}-{index:04d}:customer", placements, utterances))
+        plans.append(StreamPlan(f"bench-{seed}-{index:04d}:customer", placements, utterances, rate_hz))
     return plans
 
 
@@ -462,22 +474,23 @@ class ClosingChunk:
 
 
 def closing_chunks(
-    plan: StreamPlan, *, chunk_ms: int, chunks: int, encoding: AudioEncoding, params: EndpointerParams
+    plan: StreamPlan, *, chunk_ms: int, chunks: int, encoding: AudioEncoding, params: StreamParams
 ) -> dict[int, ClosingChunk]:
-    """Segment index -> the chunk that closed it, by pushing the stream's chunks (decoded as the VAD
-    worker decodes them) through the same end-pointer; seq `chunks` is the end-of-stream flush."""
-    endpointer = Endpointer(params)
-    chunk_samples = SAMPLE_RATE_HZ * chunk_ms // 1000
+    """Segment index -> the chunk that closed it, by feeding the stream's chunks, encoded and decoded
+    as sender and VAD worker do, in order through the worker's own per-stream state (its resampling
+    to 16 kHz and end-pointer); seq `chunks` is the end of stream."""
+    state: StreamState[int] = StreamState(plan.stream_id, params)
+    chunk_samples = plan.sample_rate_hz * chunk_ms // 1000
     silence = np.zeros(chunk_samples, dtype=np.int16)
     closing: dict[int, ClosingChunk] = {}
     for seq in range(chunks + 1):
         if seq < chunks:
             samples = plan.chunk(seq * chunk_samples, chunk_samples)
             pcm = decode_to_s16(encode_s16(silence if samples is None else samples, encoding), encoding)
-            closed = endpointer.push(pcm.astype("<i2", copy=False).tobytes())
         else:
-            closed = endpointer.flush()
-        for segment in closed:
+            pcm = np.zeros(0, dtype=np.int16)
+        step = state.accept(Chunk(seq, pcm, plan.sample_rate_hz, end_of_stream=seq == chunks), seq)
+        for segment in step.segments:
             closing[segment.index] = ClosingChunk(seq, segment.end_ms)
     return closing
 
@@ -652,9 +665,11 @@ class PlanSpec:
     duration_s: float
     pause_s: tuple[float, float]
     seed: int
+    sample_rate_hz: int = FIXTURE_RATE_HZ
 
     def plans(self) -> list[StreamPlan]:
-        return plan_streams(self.streams, self.duration_s, pause_s=self.pause_s, seed=self.seed)
+        return plan_streams(self.streams, self.duration_s, pause_s=self.pause_s, seed=self.seed,
+                            sample_rate_hz=self.sample_rate_hz)
 
 
 @dataclass
@@ -715,7 +730,8 @@ async def _send_streams(
         max_batch_size=SENDER_MAX_BATCH_BYTES,
     )
     await producer.start()
-    chunk_samples = SAMPLE_RATE_HZ * chunk_ms // 1000
+    rate_hz = plans[0].sample_rate_hz
+    chunk_samples = rate_hz * chunk_ms // 1000
     chunks = int(duration_s * 1000 // chunk_ms)
     groups = [plans[g::SEND_GROUPS] for g in range(SEND_GROUPS)]
     began = time.time() + 0.5
@@ -726,7 +742,7 @@ async def _send_streams(
             times.sent_at_s[plan.stream_id] = group_sent_at_s[g]  # one list per group, shared
     topic = settings.topics.audio
     silence = {enc: encode_s16(np.zeros(chunk_samples, np.int16), enc) for enc in AudioEncoding}
-    fixed = [("v", b"1"), ("rate", str(SAMPLE_RATE_HZ).encode()), ("enc", encoding.value.encode())]
+    fixed = [("v", b"1"), ("rate", str(rate_hz).encode()), ("enc", encoding.value.encode())]
     keys = {plan.stream_id: plan.stream_id.encode() for plan in plans}
     pending = []
     for seq in range(chunks + 1):
@@ -827,7 +843,7 @@ def closing_times(
     sent_at_s: Mapping[str, Sequence[float]],
 ) -> dict[ResultKey, tuple[float, float]]:
     """(due, sent) of the closing chunk of every matched result the replay agrees with."""
-    params = EndpointerParams.from_settings(settings.vad)
+    params = StreamParams.from_settings(settings.vad)
     by_stream = {plan.stream_id: plan for plan in plans}
     replayed: dict[str, dict[int, ClosingChunk]] = {}
     times: dict[ResultKey, tuple[float, float]] = {}
@@ -933,7 +949,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
     stack = LocalStack(settings, counts=counts, log_dir=workdir / tag)
     stop = threading.Event()
     notices = Notices()
-    spec = PlanSpec(streams, args.duration_s, (args.pause_min_s, args.pause_max_s), seed)
+    spec = PlanSpec(streams, args.duration_s, (args.pause_min_s, args.pause_max_s), seed, args.sample_rate_hz)
     plans = spec.plans()
     utterances_by_stream = {plan.stream_id: plan.utterances for plan in plans}
     times = SendTimes()
@@ -1092,6 +1108,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
         "config": {
             "chunk_ms": args.chunk_ms,
             "encoding": args.encoding,
+            "sample_rate_hz": args.sample_rate_hz,
             "partitions": args.partitions,
             "inference_workers": counts.inference,
             "stages": args.stages,
@@ -1273,6 +1290,9 @@ def main() -> int:
         help="audio per record: 20 (a telephony gateway's frame) or 100 (gateways send 20-200 ms)",
     )
     parser.add_argument("--encoding", default="s16le", choices=[e.value for e in AudioEncoding])
+    parser.add_argument("--sample-rate-hz", type=int, default=FIXTURE_RATE_HZ, choices=SEND_RATES_HZ,
+                        help="the rate streams are sent at: 8000 with --encoding mulaw is a telephony "
+                             "gateway (the VAD worker then resamples every chunk to 16 kHz)")
     parser.add_argument(
         "--pause-min-s", type=float, default=4.0, help="shortest pause between utterances"
     )
@@ -1331,7 +1351,7 @@ def main() -> int:
     stream_counts, seeds = _ints(args.streams), _ints(args.seeds)
     if not stream_counts or min(stream_counts) < 1:
         parser.error(f"--streams {args.streams!r}: give stream counts of at least 1, e.g. 4,8")
-    if args.chunk_ms < 10 or args.chunk_ms * SAMPLE_RATE_HZ % 1000:
+    if args.chunk_ms < 10 or args.chunk_ms * args.sample_rate_hz % 1000:
         parser.error(
             f"--chunk-ms {args.chunk_ms}: use whole milliseconds of at least 10, e.g. 20 or 100"
         )
@@ -1348,7 +1368,7 @@ def main() -> int:
         else "1 VAD worker"
     )
     title = (
-        f"{os.cpu_count()} CPUs, {args.duration_s:.0f} s per stream, {args.chunk_ms} ms {args.encoding} "
+        f"{os.cpu_count()} CPUs, {args.duration_s:.0f} s per stream, {args.chunk_ms} ms {args.sample_rate_hz // 1000} kHz {args.encoding} "
         f"chunks, pauses {args.pause_min_s}-{args.pause_max_s} s, {workers} on {args.partitions} "
         f"partitions, model {args.model}"
     )

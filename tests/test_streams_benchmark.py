@@ -148,16 +148,19 @@ def test_a_known_closing_chunk_splits_audio_to_vad_in_three() -> None:
     assert without["audio_to_vad"] == pytest.approx(sum(parts[name] for name in SPLIT_PARTS))
 
 
-def test_the_replayed_end_pointer_closes_each_utterance_after_its_hangover() -> None:
-    (plan,) = bench.plan_streams(1, 30.0, pause_s=(2.0, 3.0), seed=3)
-    params = bench.EndpointerParams()
+@pytest.mark.parametrize(("rate_hz", "encoding"), [(16_000, "s16le"), (8_000, "mulaw")])
+def test_the_replayed_end_pointer_closes_each_utterance_after_its_hangover(rate_hz: int, encoding: str) -> None:
+    (plan,) = bench.plan_streams(1, 30.0, pause_s=(2.0, 3.0), seed=3, sample_rate_hz=rate_hz)
+    assert plan.sample_rate_hz == rate_hz
+    params = bench.StreamParams()
     chunk_ms, chunks = 100, 300
-    closing = bench.closing_chunks(plan, chunk_ms=chunk_ms, chunks=chunks, encoding=bench.AudioEncoding.S16LE,
+    closing = bench.closing_chunks(plan, chunk_ms=chunk_ms, chunks=chunks, encoding=bench.AudioEncoding(encoding),
                                    params=params)
     assert len(closing) == len(plan.utterances)  # one segment per utterance of the fixture
     for index, utterance in enumerate(plan.utterances):
         closed_at_ms = (closing[index].seq + 1) * chunk_ms  # end of the closing chunk, stream time
-        assert utterance.end_ms + params.hangover_ms <= closed_at_ms <= utterance.end_ms + params.hangover_ms + 400
+        hangover_ms = params.endpointer.hangover_ms
+        assert utterance.end_ms + hangover_ms <= closed_at_ms <= utterance.end_ms + hangover_ms + 400
         assert utterance.end_ms < closing[index].segment_end_ms
     # the result of that segment gets the closing chunk's due time and its send time
     sent_at_s = [10.0 + 0.1 * (seq + 1) + 0.02 for seq in range(chunks + 1)]  # each chunk sent 20 ms late
