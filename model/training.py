@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from emostream.model.augment import BatchAugmenter
+from emostream.model.host_memory import keep_freed_memory
 from emostream.model.plb import PLBConfig, PLBNet
 from emostream.model.recipes import TrainingRecipe, learning_rate_factor
 from torch import nn
@@ -280,6 +281,7 @@ def run_training(
     accumulate on the device and are read once per epoch. The task's eval (if any) runs every
     `recipe.eval_every_epochs` without touching any random state, so it never changes the weights.
     """
+    keep_freed_memory()  # a step's large activations are reused, not faulted in again each step
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, betas=(recipe.beta1, recipe.beta2),
                                   eps=recipe.epsilon, weight_decay=recipe.weight_decay)
