@@ -120,8 +120,9 @@ def run_fold(job: FoldJob) -> dict[str, object]:
 
 def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: str, recipe: TrainingRecipe
               ) -> dict[str, object]:
-    model = PLBNet(PLBConfig(num_classes=len(table.labels)))  # parameter counts: options add none
     ordered = sorted(results, key=lambda r: r["fold"])  # type: ignore[arg-type, return-value]
+    network = ordered[0].get("network")  # the folds' own network: options such as frame_batchnorm change the count
+    model = PLBNet(PLBConfig(**network) if isinstance(network, dict) else PLBConfig(num_classes=len(table.labels)))
     wars = [100 * float(r["war"]) for r in ordered]  # type: ignore[arg-type]
     uars = [100 * float(r["uar"]) for r in ordered]  # type: ignore[arg-type]
     confusion = np.sum([np.asarray(r["confusion_matrix"]) for r in results], axis=0)
