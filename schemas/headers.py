@@ -11,20 +11,18 @@ KafkaHeaders = list[tuple[str, bytes]]
 
 def headers_to_text(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None]) -> dict[str, str]:
     """Decode Kafka headers to a name -> text mapping (last value wins on duplicate names)."""
-    items = list(headers.items() if isinstance(headers, Mapping) else headers)
-    try:  # one comprehension: this runs for every audio chunk
-        return {name: raw.decode("ascii") if isinstance(raw, (bytes, bytearray)) else str(raw)
-                for name, raw in items if raw is not None}
-    except UnicodeDecodeError:
-        for name, raw in items:
-            try:
-                if isinstance(raw, (bytes, bytearray)):
-                    raw.decode("ascii")
-            except UnicodeDecodeError as error:
-                from emostream.schemas.errors import RecordError
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    decoded: dict[str, str] = {}
+    for name, raw in items:
+        if raw is None:
+            continue
+        try:
+            decoded[name] = raw.decode("ascii") if isinstance(raw, (bytes, bytearray)) else str(raw)
+        except UnicodeDecodeError as error:
+            from emostream.schemas.errors import RecordError
 
-                raise RecordError(f"header {name!r}: value is not ASCII text ({error})") from None
-        raise
+            raise RecordError(f"header {name!r}: value is not ASCII text ({error})") from None
+    return decoded
 
 
 def text_to_headers(fields: Mapping[str, object]) -> KafkaHeaders:
