@@ -188,29 +188,28 @@ def plan_streams(
     sample_rate_hz: int = FIXTURE_RATE_HZ,
 ) -> list[StreamPlan]:
     """Per stream: pause, utterance, pause, utterance, ... until the duration (random, seeded)."""
-    rate_hz = sample_rate_hz
     rng = random.Random(seed)
-    speech = load_utterances(rate_hz)
+    speech = load_utterances(sample_rate_hz)
     plans = []
     for index in range(count):
         placements, utterances = [], []
         position_s = rng.uniform(FIRST_UTTERANCE_MIN_S, pause_s[1])
         while True:
             piece = speech[rng.randrange(len(speech))]
-            end_s = position_s + len(piece) / rate_hz
+            end_s = position_s + len(piece) / sample_rate_hz
             if end_s > duration_s - TAIL_SILENCE_S:
                 break
-            start = int(position_s * rate_hz)
+            start = int(position_s * sample_rate_hz)
             placements.append((start, piece))
             # the speech itself (without the margins cut around it) is where the utterance is
             utterances.append(
                 Utterance(
-                    1000.0 * start / rate_hz + UTTERANCE_MARGIN_MS,
-                    1000.0 * (start + len(piece)) / rate_hz - UTTERANCE_MARGIN_MS,
+                    1000.0 * start / sample_rate_hz + UTTERANCE_MARGIN_MS,
+                    1000.0 * (start + len(piece)) / sample_rate_hz - UTTERANCE_MARGIN_MS,
                 )
             )
             position_s = end_s + rng.uniform(*pause_s)
-        plans.append(StreamPlan(f"bench-{seed}-{index:04d}:customer", placements, utterances, rate_hz))
+        plans.append(StreamPlan(f"bench-{seed}-{index:04d}:customer", placements, utterances, sample_rate_hz))
     return plans
 
 
