@@ -12,7 +12,7 @@ import torch
 from _model_helpers import FIXTURES, SPEECH_WAV
 from emostream.model.feature_table import FeatureTable
 from emostream.model.features import input_shift_per_db, utterance_windows
-from emostream.model.plb import PLBConfig, PLBNet
+from emostream.model.plb import PLBConfig
 from emostream.model.recipes import TrainingRecipe, learning_rate_factor, production_recipe
 from emostream.model.training import TrainingStateError, predict_logits, train_plb
 from emostream.schemas.model_card import FeatureSettings
@@ -51,9 +51,9 @@ def test_production_schedule_warms_up_then_decays_to_zero() -> None:
 
 def test_overfits_real_speech_utterances() -> None:
     features, labels = fixture_utterances()
-    features, labels = np.repeat(features, 8, axis=0), np.repeat(labels, 8)  # 90 optimiser steps in all
-    _, history = train_plb(features, labels, PLBConfig(num_classes=3),
-                           TrainingRecipe(epochs=30, batch_size=8, compile=False), CPU, progress=False)
+    features, labels = np.repeat(features, 4, axis=0), np.repeat(labels, 4)  # 60 optimiser steps in all
+    _, history = train_plb(features, labels, PLBConfig(num_classes=3, dropout=0.0),  # the shipped recipe's dropout
+                           TrainingRecipe(epochs=20, batch_size=4, compile=False), CPU, progress=False)
     assert history[-1].loss < 0.5 * history[0].loss
     assert history[-1].train_accuracy >= 0.9
 
@@ -141,22 +141,10 @@ def test_a_corrupt_or_partial_state_is_refused_by_name(tmp_path: Path) -> None:
         train_plb(features, labels, PLBConfig(num_classes=3), recipe, CPU, state_path=partial, progress=False)
 
 
-# torch.compile's first build of the network takes ~40 s on an idle 2-core machine and several times
-# that under load; the generous timeout is a hang guard, not a speed bound.
-@pytest.mark.timeout(1200)
-def test_compiled_and_eager_network_agree() -> None:
-    features, _ = fixture_utterances()
-    torch.manual_seed(0)
-    network = PLBNet(PLBConfig(num_classes=3, input_normalisation="per-coefficient"))
-    network.fit_input_normalisation(torch.from_numpy(features))
-    network.eval()
-    inputs = torch.from_numpy(features).unsqueeze(1)
-    with torch.no_grad():
-        eager = network(inputs)
-        compiled = torch.compile(network)(inputs)
-    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
-
-
+# torch.compile's first build of the training step takes ~100 s on an idle 2-core machine and several
+# times that under load; the generous timeout is a hang guard, not a speed bound. The compiled step is
+# the only compiled graph training and serving use (the served network runs in ONNX Runtime), so the
+# forward pass is compared here, through the losses and the trained models' outputs, not on its own.
 @pytest.mark.timeout(1200)
 def test_compiled_training_learns_like_eager() -> None:
     features, labels = _four_clips()
@@ -167,6 +155,8 @@ def test_compiled_training_learns_like_eager() -> None:
     assert [h.loss for h in compiled_history] == pytest.approx([h.loss for h in eager_history], rel=1e-3)
     for name, tensor in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[name], tensor, msg=name, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(predict_logits(compiled, features, CPU), predict_logits(eager, features, CPU),
+                               rtol=1e-3, atol=1e-4)
 
 
 def test_feature_table_round_trip(tmp_path: Path) -> None:
