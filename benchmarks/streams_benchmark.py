@@ -494,6 +494,19 @@ def closing_chunks(
     return closing
 
 
+def replay_disagreement(result: SegmentResult, closing: Mapping[int, ClosingChunk], sent_chunks: int) -> str | None:
+    """Why the replay cannot place this result's closing chunk; None where it can."""
+    chunk = closing.get(result.segment_index)
+    if chunk is None:
+        return f"the replay has no segment {result.segment_index} (it cut {len(closing)})"
+    if abs(chunk.segment_end_ms - result.end_ms) > 1.0:
+        return (f"segment {result.segment_index} ends at {result.end_ms:.0f} ms in the worker, "
+                f"{chunk.segment_end_ms:.0f} ms in the replay")
+    if chunk.seq >= sent_chunks:
+        return f"segment {result.segment_index} was closed by chunk {chunk.seq}, which was not sent"
+    return None
+
+
 def closing_chunk_at_ms(
     result: SegmentResult,
     closing: Mapping[int, ClosingChunk],
@@ -504,9 +517,9 @@ def closing_chunk_at_ms(
 ) -> tuple[float, float] | None:
     """(due, sent) wall clock of the chunk that closed this result's segment; None where the replay
     does not hold this segment (another end, so another segmentation) or the chunk was not sent."""
-    chunk = closing.get(result.segment_index)
-    if chunk is None or abs(chunk.segment_end_ms - result.end_ms) > 1.0 or chunk.seq >= len(sent_at_s):
+    if replay_disagreement(result, closing, len(sent_at_s)) is not None:
         return None
+    chunk = closing[result.segment_index]
     due_at_ms = 1000.0 * origin_s + (chunk.seq + 1) * chunk_ms
     return due_at_ms, 1000.0 * sent_at_s[chunk.seq]
 
@@ -840,21 +853,26 @@ def closing_times(
     encoding: AudioEncoding,
     origins_s: Mapping[str, float],
     sent_at_s: Mapping[str, Sequence[float]],
-) -> dict[ResultKey, tuple[float, float]]:
-    """(due, sent) of the closing chunk of every matched result the replay agrees with."""
+) -> tuple[dict[ResultKey, tuple[float, float]], list[str]]:
+    """(due, sent) of the closing chunk of every matched result the replay agrees with, and why the
+    replay disagrees (stream: reason) for every other matched result."""
     params = StreamParams.from_settings(settings.vad)
     by_stream = {plan.stream_id: plan for plan in plans}
     replayed: dict[str, dict[int, ClosingChunk]] = {}
     times: dict[ResultKey, tuple[float, float]] = {}
+    disagreements: list[str] = []
     for stream_id, _, result in pairs:
         if stream_id not in replayed:
             replayed[stream_id] = closing_chunks(by_stream[stream_id], chunk_ms=chunk_ms, chunks=chunks,
                                                  encoding=encoding, params=params)
+        sent = sent_at_s.get(stream_id, ())
         found = closing_chunk_at_ms(result, replayed[stream_id], origin_s=origins_s[stream_id],
-                                    chunk_ms=chunk_ms, sent_at_s=sent_at_s.get(stream_id, ()))
+                                    chunk_ms=chunk_ms, sent_at_s=sent)
         if found is not None:
             times[result.key] = found
-    return times
+        else:
+            disagreements.append(f"{stream_id}: {replay_disagreement(result, replayed[stream_id], len(sent))}")
+    return times, disagreements
 
 
 def latency_samples(
@@ -1011,7 +1029,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
     counted = count_results(
         utterances_by_stream, notices.received, stored=stored, on_topic=on_topic
     )
-    closing_at_ms = closing_times(
+    closing_at_ms, replay_disagreements = closing_times(
         plans, counted.matching.pairs, settings=settings, chunk_ms=args.chunk_ms,
         chunks=int(args.duration_s * 1000 // args.chunk_ms), encoding=AudioEncoding(args.encoding),
         origins_s=times.origins_s, sent_at_s=times.sent_at_s,
@@ -1044,6 +1062,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
         "duplicates": counted.duplicates,
         "latency_samples": len(samples.latencies_ms),
         "closing_chunk_known": len(closing_at_ms),  # results whose audio_to_vad is split in three
+        "closing_chunk_unknown": replay_disagreements[:20],  # why, for the others (at most 20 shown)
         "latency_ms": quantiles(samples.latencies_ms),
         "beyond_hangover_ms": quantiles(beyond),
         "beyond_hangover_less_sender_late_ms": quantiles(samples.pipeline_beyond_ms),
@@ -1180,6 +1199,8 @@ def format_run(report: Mapping[str, Any]) -> str:
             f"(sum of p50s {p50_sum:.0f} against p50 {_ms(beyond[50])}; closing chunk known for "
             f"{report['closing_chunk_known']} of {report['latency_samples']})"
         )
+    for reason in report.get("closing_chunk_unknown", []):
+        lines.append(f"  closing chunk not known: {reason}")
     stages = " ".join(f"{stage} {cpu[stage]:.2f}" for stage in ("vad", "inference") if stage in cpu)
     lines.append(
         f"  CPU cores: {stages} broker {cpu['broker']:.2f} redis {cpu['redis']:.2f} "

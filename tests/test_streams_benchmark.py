@@ -171,6 +171,13 @@ def test_the_replayed_end_pointer_closes_each_utterance_after_its_hangover(rate_
     assert sent_at_ms - due_at_ms == pytest.approx(20.0)
     other_end = SegmentResult(plan.stream_id, 0, 0.0, closing[0].segment_end_ms + 50)  # not the replay's segment
     assert bench.closing_chunk_at_ms(other_end, closing, origin_s=10.0, chunk_ms=chunk_ms, sent_at_s=sent_at_s) is None
+    assert bench.replay_disagreement(other_end, closing, len(sent_at_s)) == (
+        f"segment 0 ends at {other_end.end_ms:.0f} ms in the worker, {closing[0].segment_end_ms:.0f} ms in the replay")
+    unsent = bench.replay_disagreement(seen, closing, closing[0].seq)  # the closing chunk was never sent
+    assert unsent == f"segment 0 was closed by chunk {closing[0].seq}, which was not sent"
+    beyond = SegmentResult(plan.stream_id, len(closing), 0.0, 1.0)
+    assert bench.replay_disagreement(beyond, closing, len(sent_at_s)) == (
+        f"the replay has no segment {len(closing)} (it cut {len(closing)})")
 
 
 def test_the_pipeline_figure_takes_the_generator_lateness_out_of_the_latency() -> None:
