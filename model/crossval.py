@@ -118,8 +118,9 @@ def run_fold(job: FoldJob) -> dict[str, object]:
     return result
 
 
-def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: str, recipe: TrainingRecipe
-              ) -> dict[str, object]:
+def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: str, folds: int,
+              recipe: TrainingRecipe) -> dict[str, object]:
+    """The figures over the folds run (`folds_run`) of a `folds`-fold protocol."""
     ordered = sorted(results, key=lambda r: r["fold"])  # type: ignore[arg-type, return-value]
     network = ordered[0].get("network")  # the folds' own network: options such as frame_batchnorm change the count
     model = PLBNet(PLBConfig(**network) if isinstance(network, dict) else PLBConfig(num_classes=len(table.labels)))
@@ -129,7 +130,7 @@ def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: s
     summary = fold_summary(wars)
     return {
         "protocol": protocol,
-        "folds": len(results),
+        "folds": folds,  # of the protocol; folds_run says which were run
         "folds_run": [r["fold"] for r in ordered],
         "clips": len(table.label_ids),
         "labels": table.labels,
@@ -171,7 +172,7 @@ def run_crossval(
             results = pool.map(run_fold, jobs, chunksize=1)
     else:
         results = [run_fold(job) for job in jobs]
-    summary = summarise(results, table, protocol, recipe)
+    summary = summarise(results, table, protocol, folds, recipe)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
