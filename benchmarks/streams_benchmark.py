@@ -63,6 +63,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,7 +87,9 @@ from emostream.workers.cli.clients.tail import (
     iter_events,
     make_tail_consumer,
 )
+from emostream.workers.runtime.stage_names import StageName
 from emostream.workers.stack.local_stack import LocalStack, StackCounts
+from prometheus_client.parser import text_string_to_metric_families
 from scipy.optimize import linear_sum_assignment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -843,6 +846,22 @@ class LatencySamples:
     pipeline_beyond_ms: list[float] = field(default_factory=list)
 
 
+def vad_chunk_outcomes(metrics_texts: Iterable[str]) -> dict[str, int]:
+    """The VAD workers' chunk and gap counters (Prometheus text of each worker's /metrics), summed:
+    chunks processed, duplicate, late, lost; gaps filled, closed. Anything but `processed` means a
+    worker saw other audio than the sender sent, and the offline replay then cuts other segments."""
+    totals: dict[str, int] = {}
+    for text in metrics_texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in ("emostream_chunks", "emostream_gaps"):
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    label = sample.labels.get("outcome") or f"gaps_{sample.labels.get('handling')}"
+                    totals[label] = totals.get(label, 0) + int(sample.value)
+    return totals
+
+
 def closing_times(
     plans: Sequence[StreamPlan],
     pairs: Sequence[tuple[str, Utterance, SegmentResult]],
@@ -1018,6 +1037,9 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
                 last_count, quiet_since = len(notices.received), time.monotonic()
             time.sleep(0.5)
         drained_s = time.monotonic() - drain_began
+        chunk_outcomes = vad_chunk_outcomes(
+            urllib.request.urlopen(worker.health_url.removesuffix("/healthz") + "/metrics", timeout=5).read().decode()
+            for worker in stack.workers if worker.stage == StageName.VAD)
         if with_inference:
             stored = redis_results(settings, list(utterances_by_stream))
             on_topic, topic_unreadable = topic_results(settings)
@@ -1063,6 +1085,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
         "latency_samples": len(samples.latencies_ms),
         "closing_chunk_known": len(closing_at_ms),  # results whose audio_to_vad is split in three
         "closing_chunk_unknown": replay_disagreements[:20],  # why, for the others (at most 20 shown)
+        "vad_chunk_outcomes": chunk_outcomes,
         "latency_ms": quantiles(samples.latencies_ms),
         "beyond_hangover_ms": quantiles(beyond),
         "beyond_hangover_less_sender_late_ms": quantiles(samples.pipeline_beyond_ms),
@@ -1201,6 +1224,9 @@ def format_run(report: Mapping[str, Any]) -> str:
         )
     for reason in report.get("closing_chunk_unknown", []):
         lines.append(f"  closing chunk not known: {reason}")
+    outcomes = report.get("vad_chunk_outcomes") or {}
+    if outcomes:
+        lines.append("  VAD workers' chunks: " + ", ".join(f"{name} {count}" for name, count in sorted(outcomes.items())))
     stages = " ".join(f"{stage} {cpu[stage]:.2f}" for stage in ("vad", "inference") if stage in cpu)
     lines.append(
         f"  CPU cores: {stages} broker {cpu['broker']:.2f} redis {cpu['redis']:.2f} "

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from emostream.schemas.event import EmotionEvent, LatencyBreakdown
+from emostream.workers.runtime.metrics import WorkerMetrics
+from prometheus_client import generate_latest
 
 from tests._benchmark_helpers import load_benchmark
 
@@ -313,3 +315,13 @@ def test_without_redis_and_topic_only_the_notices_count() -> None:
 
     assert counted.check is None
     assert counted.matching.lost == [("a", Utterance(1_000, 2_000))]
+
+
+def test_the_vad_workers_chunk_and_gap_counters_are_summed_from_their_metrics() -> None:
+    first, second = WorkerMetrics("vad"), WorkerMetrics("vad")
+    first.chunks.labels("processed").inc(400)
+    first.gaps.labels("filled").inc(1)
+    second.chunks.labels("processed").inc(398)
+    second.chunks.labels("late").inc(2)
+    texts = [generate_latest(metrics.registry).decode() for metrics in (first, second)]
+    assert bench.vad_chunk_outcomes(texts) == {"processed": 798, "late": 2, "gaps_filled": 1}
