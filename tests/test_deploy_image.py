@@ -8,6 +8,7 @@ checkpoints (the image installs the project that way, not editable).
 """
 
 import fnmatch
+import json
 import re
 import shutil
 import subprocess
@@ -154,6 +155,9 @@ def test_a_regular_install_ships_every_subpackage_and_the_checkpoints():
     assert checkpoints, "shipped checkpoints"
     patterns = config["package-data"]["emostream.model"]
     for weights in checkpoints:
-        relative = weights.relative_to(REPO / "model").as_posix()
-        assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
-        assert _dockerignore_keeps(weights.relative_to(REPO).as_posix())
+        card = json.loads((weights.parent / "card.json").read_text())
+        tokenizer = card["architecture_options"].get("tokenizer_file")  # what an ASR checkpoint also loads
+        for needed in [weights, weights.parent / "card.json", *([weights.parent / tokenizer] if tokenizer else [])]:
+            relative = needed.relative_to(REPO / "model").as_posix()
+            assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
+            assert _dockerignore_keeps(needed.relative_to(REPO).as_posix())
