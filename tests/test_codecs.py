@@ -89,3 +89,16 @@ def test_the_end_pointer_works_at_the_pipeline_rate() -> None:
     from emostream.schemas.segment import SEGMENT_SAMPLE_RATE_HZ
 
     assert VAD_SAMPLE_RATE_HZ == SEGMENT_SAMPLE_RATE_HZ == PIPELINE_SAMPLE_RATE_HZ
+
+
+@pytest.mark.parametrize("rate_hz", [8_000, 44_100])
+def test_resampling_a_chunk_gives_the_same_samples_every_time(rate_hz: int) -> None:
+    """A replay after a crash re-decodes chunks and must cut the same segments: soxr's int16 output
+    of a short chunk varies from call to call, so the samples are resampled as floats."""
+    noise = (np.random.default_rng(0).standard_normal(rate_hz // 10) * 3000).astype(np.int16)  # a 100 ms chunk
+    output_samples = output_samples_before(len(noise), rate_hz)
+    first = resample_s16(noise, rate_hz, output_samples)
+    for _ in range(50):
+        np.testing.assert_array_equal(resample_s16(noise, rate_hz, output_samples), first)
+    loud = np.full(rate_hz // 10, 32767, dtype=np.int16)  # overshoot at full scale saturates, not wraps
+    assert resample_s16(loud, rate_hz, output_samples).min() > 0

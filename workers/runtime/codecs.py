@@ -3,11 +3,13 @@
 G.711 decoding uses 256-entry numpy tables (ITU-T G.711, the same values `audioop.ulaw2lin` /
 `audioop.alaw2lin` return; `audioop` is gone in Python 3.13). Resampling uses soxr.
 
-Each chunk is resampled on its own (`resample_s16`, used by `stages.stream_state`) (no filter state carried across chunks), so decoding a chunk
-depends only on that chunk and on how many input samples the stream had before it. That makes a
-replay after a crash, which restarts from a chunk boundary, produce exactly the same samples as the
-first run did. Output lengths follow the cumulative input position, so stream time never drifts:
-after n input samples at rate r the stream holds exactly round(n * 16000 / r) output samples.
+Each chunk is resampled on its own (`resample_s16`, used by `stages.stream_state`; no filter state
+is carried across chunks), so decoding a chunk depends only on that chunk and on how many input
+samples the stream had before it. That makes a replay after a crash, which restarts from a chunk
+boundary, produce exactly the same samples as the first run did (the samples are resampled as
+floats and rounded: soxr's own int16 output of a short chunk varies from call to call). Output
+lengths follow the cumulative input position, so stream time never drifts: after n input samples
+at rate r the stream holds exactly round(n * 16000 / r) output samples.
 """
 
 import numpy as np
@@ -19,6 +21,8 @@ from emostream.schemas.audio import (
     AudioEncoding,
 )
 from emostream.schemas.errors import RecordError
+
+INT16 = np.iinfo(np.int16)
 
 __all__ = [
     "ALAW_TO_S16",
@@ -73,7 +77,12 @@ def resample_s16(samples: np.ndarray, sample_rate_hz: int, output_samples: int) 
     if sample_rate_hz == PIPELINE_SAMPLE_RATE_HZ or len(samples) == 0:
         resampled = samples
     else:
-        resampled = soxr.resample(samples, sample_rate_hz, PIPELINE_SAMPLE_RATE_HZ, quality="HQ")
+        # as floats: soxr's int16 output for a chunk this short is not deterministic (up to 10
+        # different outputs, +-1 LSB, in 100 calls on one 100 ms chunk of 8 kHz noise; soxr 1.1.0),
+        # which made a replayed chunk differ from its first run and, rarely, the end-pointer close a
+        # frame apart; its float path gives the same samples every time
+        floats = soxr.resample(samples.astype(np.float32), sample_rate_hz, PIPELINE_SAMPLE_RATE_HZ, quality="HQ")
+        resampled = np.clip(np.rint(floats), INT16.min, INT16.max).astype(np.int16)
     if len(resampled) >= output_samples:
         return np.ascontiguousarray(resampled[:output_samples], dtype=np.int16)
     padded = np.zeros(output_samples, dtype=np.int16)
