@@ -259,16 +259,17 @@ def predict_utterances(model: nn.Module, features: Sequence[np.ndarray], device:
     if isinstance(model, CnnBlstmSa):
         batch_size = 1
     logits, pieces = [], []
-    for start in range(0, len(features), batch_size):
-        padded, frames = pad_sequences(features[start : start + batch_size])
-        inputs, lengths = torch.from_numpy(padded).to(device), torch.from_numpy(frames).to(device)
-        if isinstance(model, CnnBlstmSa):
-            logits.append(model(inputs, lengths).float().cpu().numpy())
-            pieces += [[] for _ in frames]
-            continue
-        log_probs, output_lengths, emotion = model(inputs, lengths)
-        logits.append(emotion.float().cpu().numpy() if emotion is not None else np.zeros((len(frames), 0)))
-        pieces += greedy_ctc_decode(log_probs.cpu(), output_lengths.cpu())
+    with torch.inference_mode():  # no autograd graph (and the transformer layers' inference fast path)
+        for start in range(0, len(features), batch_size):
+            padded, frames = pad_sequences(features[start : start + batch_size])
+            inputs, lengths = torch.from_numpy(padded).to(device), torch.from_numpy(frames).to(device)
+            if isinstance(model, CnnBlstmSa):
+                logits.append(model(inputs, lengths).float().cpu().numpy())
+                pieces += [[] for _ in frames]
+                continue
+            log_probs, output_lengths, emotion = model(inputs, lengths)
+            logits.append(emotion.float().cpu().numpy() if emotion is not None else np.zeros((len(frames), 0)))
+            pieces += greedy_ctc_decode(log_probs.cpu(), output_lengths.cpu())
     model.train(was_training)
     return np.concatenate(logits) if logits else np.zeros((0, 0)), pieces
 

@@ -7,7 +7,35 @@ import json
 import sys
 from pathlib import Path
 
+from emostream.model.asr_checkpoint import ASR_MULTITASK_ARCHITECTURE, BASELINE_ARCHITECTURE
 from emostream.model.checkpoint import read_card
+from emostream.schemas.model_card import ModelCard
+
+
+def _architecture_lines(card: ModelCard) -> list[str]:
+    """What the network is and what it reads, in the words of its own design notes."""
+    features = card.features
+    if card.architecture in (ASR_MULTITASK_ARCHITECTURE, BASELINE_ARCHITECTURE):
+        transcribes = card.architecture_options.get("transcribes", False)
+        return [
+            (f"Architecture `{card.architecture}` (see model/ASR_MULTITASK.md), {card.parameter_count:,} trainable "
+             f"parameters; {'results carry the greedy CTC transcript' if transcribes else 'no transcript'}."),
+            "",
+            f"- Labels (output order): {', '.join(card.labels)}",
+            (f"- Input: {features.n_coefficients}-band log-mel ({features.kind}), audio resampled to "
+             f"{features.sample_rate_hz} Hz, window {features.n_fft} samples every {features.hop_length}; the "
+             f"whole utterance at any length"),
+        ]
+    return [
+        (f"Architecture `{card.architecture}` (see model/PLB.md), {card.parameter_count:,} trainable parameters "
+         f"({card.parameter_count_with_bn_statistics:,} counting BatchNorm statistics, as Table 1 of the thesis)."),
+        "",
+        f"- Labels (output order): {', '.join(card.labels)}",
+        (f"- Input: {features.kind.upper()} x {features.n_coefficients}, audio resampled to "
+         f"{features.sample_rate_hz} Hz, padded / cut to {features.input_samples:,} samples; longer "
+         f"audio: {features.long_input} (hop {features.window_hop_samples:,} samples); onset "
+         f"normalisation: {features.onset_lead_in_s} s lead-in"),
+    ]
 
 
 def render(folder: Path) -> str:
@@ -15,14 +43,7 @@ def render(folder: Path) -> str:
     lines = [
         f"# Model card: {card.name} v{card.version}",
         "",
-        (f"Architecture `{card.architecture}` (see model/PLB.md), {card.parameter_count:,} trainable parameters "
-         f"({card.parameter_count_with_bn_statistics:,} counting BatchNorm statistics, as Table 1 of the thesis)."),
-        "",
-        f"- Labels (output order): {', '.join(card.labels)}",
-        (f"- Input: {card.features.kind.upper()} x {card.features.n_coefficients}, audio resampled to "
-         f"{card.features.sample_rate_hz} Hz, padded / cut to {card.features.input_samples:,} samples; longer "
-         f"audio: {card.features.long_input} (hop {card.features.window_hop_samples:,} samples); onset "
-         f"normalisation: {card.features.onset_lead_in_s} s lead-in"),
+        *_architecture_lines(card),
         f"- Weights: `{card.weights_file}`, sha256 `{card.weights_sha256}`",
         f"- Created: {card.created_at}",
         "",

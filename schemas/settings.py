@@ -123,7 +123,7 @@ class InferenceSettings(BaseModel):
         4, ge=1, description="micro-batch size; on CPU a larger batch is not faster per segment, only later"
     )
     batch_within_s: float = Field(0.02, gt=0, description="how long to wait to fill a micro-batch")
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: int = Field(1, ge=1, description="threads of torch and of numpy's BLAS in an inference worker")
     executor_threads: int = Field(1, ge=1, description="threads running features + model off the event loop")
     max_call_streams: int = Field(
         20_000, ge=1, description="streams whose running statistics a per-call-standardised model keeps "

@@ -378,8 +378,12 @@ class InferenceStage:
 def build(ctx: WorkerContext) -> InferenceStage:
     import torch
     from emostream.model.registry import load_model
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(ctx.settings.inference.torch_threads)
+    # numpy's BLAS (librosa's filterbank products) likewise: its idle threads spin on the cores the
+    # other workers need (log-mel of one utterance: 20.7 ms of CPU on two OpenBLAS threads, 2.2 on one)
+    threadpool_limits(limits=ctx.settings.inference.torch_threads)
     model = load_model(ctx.settings.inference.model)
     # First use compiles and caches (numba, torch kernels): do it before taking traffic, not on a result.
     model.predict([np.zeros(SEGMENT_SAMPLE_RATE_HZ, dtype=np.float32)] * 2, SEGMENT_SAMPLE_RATE_HZ)
