@@ -1038,7 +1038,7 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
             time.sleep(0.5)
         drained_s = time.monotonic() - drain_began
         chunk_outcomes = vad_chunk_outcomes(
-            urllib.request.urlopen(worker.health_url.removesuffix("/healthz") + "/metrics", timeout=5).read().decode()
+            urllib.request.urlopen(worker.metrics_url, timeout=5).read().decode()
             for worker in stack.workers if worker.stage == StageName.VAD)
         if with_inference:
             stored = redis_results(settings, list(utterances_by_stream))

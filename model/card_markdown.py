@@ -17,25 +17,21 @@ def _architecture_lines(card: ModelCard) -> list[str]:
     features = card.features
     if card.architecture in (ASR_MULTITASK_ARCHITECTURE, BASELINE_ARCHITECTURE):
         transcribes = card.architecture_options.get("transcribes", False)
-        return [
-            (f"Architecture `{card.architecture}` (see model/ASR_MULTITASK.md), {card.parameter_count:,} trainable "
-             f"parameters; {'results carry the greedy CTC transcript' if transcribes else 'no transcript'}."),
-            "",
-            f"- Labels (output order): {', '.join(card.labels)}",
-            (f"- Input: {features.n_coefficients}-band log-mel ({features.kind}), audio resampled to "
-             f"{features.sample_rate_hz} Hz, window {features.n_fft} samples every {features.hop_length}; the "
-             f"whole utterance at any length"),
-        ]
-    return [
-        (f"Architecture `{card.architecture}` (see model/PLB.md), {card.parameter_count:,} trainable parameters "
-         f"({card.parameter_count_with_bn_statistics:,} counting BatchNorm statistics, as Table 1 of the thesis)."),
-        "",
-        f"- Labels (output order): {', '.join(card.labels)}",
-        (f"- Input: {features.kind.upper()} x {features.n_coefficients}, audio resampled to "
-         f"{features.sample_rate_hz} Hz, padded / cut to {features.input_samples:,} samples; longer "
-         f"audio: {features.long_input} (hop {features.window_hop_samples:,} samples); onset "
-         f"normalisation: {features.onset_lead_in_s} s lead-in"),
-    ]
+        network = (f"Architecture `{card.architecture}` (see model/ASR_MULTITASK.md), {card.parameter_count:,} "
+                   f"trainable parameters; "
+                   f"{'results carry the greedy CTC transcript' if transcribes else 'no transcript'}.")
+        inputs = (f"{features.n_coefficients}-band log-mel ({features.kind}), audio resampled to "
+                  f"{features.sample_rate_hz} Hz, window {features.n_fft} samples every {features.hop_length}; "
+                  f"the whole utterance at any length")
+    else:
+        network = (f"Architecture `{card.architecture}` (see model/PLB.md), {card.parameter_count:,} trainable "
+                   f"parameters ({card.parameter_count_with_bn_statistics:,} counting BatchNorm statistics, as "
+                   f"Table 1 of the thesis).")
+        inputs = (f"{features.kind.upper()} x {features.n_coefficients}, audio resampled to "
+                  f"{features.sample_rate_hz} Hz, padded / cut to {features.input_samples:,} samples; longer "
+                  f"audio: {features.long_input} (hop {features.window_hop_samples:,} samples); onset "
+                  f"normalisation: {features.onset_lead_in_s} s lead-in")
+    return [network, "", f"- Labels (output order): {', '.join(card.labels)}", f"- Input: {inputs}"]
 
 
 def render(folder: Path) -> str:

@@ -160,9 +160,7 @@ def metric_value(worker, name: str, **labels: str) -> float:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5
-    ) as response:
+    with urllib.request.urlopen(worker.metrics_url, timeout=5) as response:
         text = response.read().decode()
     total = 0.0
     for family in text_string_to_metric_families(text):

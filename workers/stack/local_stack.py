@@ -119,6 +119,11 @@ class WorkerProcess:
         return f"http://{LOOPBACK_HOST}:{self.metrics_port}/readyz"
 
     @property
+    def metrics_url(self) -> str:
+        """Prometheus text (`/metrics`)."""
+        return f"http://{LOOPBACK_HOST}:{self.metrics_port}/metrics"
+
+    @property
     def returncode(self) -> int | None:
         return self._process.poll() if self._process else None
 
