@@ -45,7 +45,13 @@ class FoldJob:
 
 
 def make_folds(table: FeatureTable, protocol: str, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    return split_folds(table.label_ids, table.speakers, protocol, folds, seed)
+    """(train, test) indices per fold of the table's own clips; the clips of an added training corpus
+    (`FeatureTable.with_training_corpus`) join every fold's training set, so its folds hold out the
+    same clips as the main corpus's alone."""
+    rows = table.held_out_rows()
+    extra = np.setdiff1d(np.arange(len(table.label_ids)), rows)
+    own = split_folds(table.label_ids[rows], [table.speakers[i] for i in rows], protocol, folds, seed)
+    return [(np.concatenate([rows[train], extra]), rows[test]) for train, test in own]
 
 
 def split_folds(label_ids: np.ndarray, speakers: list[str], protocol: str, folds: int, seed: int
@@ -100,6 +106,7 @@ def run_fold(job: FoldJob) -> dict[str, object]:
     result = {
         "fold": job.fold,
         "train_clips": len(train),
+        "training_only_clips": int(table.training_only[train].sum()) if table.training_only is not None else 0,
         "test_clips": len(test),
         "test_speakers": sorted({table.speakers[i] for i in test}),
         "test_indices": test.tolist(),
@@ -132,7 +139,8 @@ def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: s
         "protocol": protocol,
         "folds": folds,  # of the protocol; folds_run says which were run
         "folds_run": [r["fold"] for r in ordered],
-        "clips": len(table.label_ids),
+        "clips": len(table.held_out_rows()),
+        "training_only_clips": len(table.label_ids) - len(table.held_out_rows()),  # of added corpora, every fold
         "labels": table.labels,
         "recipe": recipe.to_dict(),
         "network": ordered[0].get("network"),

@@ -209,13 +209,14 @@ class FastRouting(nn.Module):
         return v
 
 
-def cross_attention(query: torch.Tensor, context: torch.Tensor, scale: float) -> torch.Tensor:
+def cross_attention(query: torch.Tensor, context: torch.Tensor, scale: float, residual: bool) -> torch.Tensor:
     """plb.cross_attention with the scaled dot product written out; scale = 1 / sqrt(C * F)."""
     batch, channels, frames, coefficients = query.shape
     q = query.permute(0, 2, 1, 3).reshape(batch, frames, channels * coefficients)
     kv = context.permute(0, 2, 1, 3).reshape(batch, frames, channels * coefficients)
     weights = torch.softmax((q * scale) @ kv.transpose(1, 2), dim=-1)
-    return query + (weights @ kv).reshape(batch, frames, channels, coefficients).permute(0, 2, 1, 3)
+    attended = (weights @ kv).reshape(batch, frames, channels, coefficients).permute(0, 2, 1, 3)
+    return query + attended if residual else attended
 
 
 class FastPLBNet(nn.Module):
@@ -251,6 +252,9 @@ class FastPLBNet(nn.Module):
             self.reverse_block = ChannelConvBlock(network.reverse_block)
             self.dilated_block = ChannelConvBlock(network.dilated_block)
         self.cbam = FastCBAM(network.cbam)
+        self.own_cbams = None if network.own_cbams is None else nn.ModuleList(
+            [FastCBAM(cbam) for cbam in network.own_cbams])
+        self.cross_attention_residual = config.cross_attention_residual
         self.separable = FastSeparable(network.separable)
         self.capsule_pool = network.capsule_pool
         self.spatial_attention = FastSpatialAttention(network.spatial_attention)
@@ -261,10 +265,11 @@ class FastPLBNet(nn.Module):
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
         if self.normalise_input:
             mfcc = mfcc * self.input_scale + self.input_shift
+        reverse_cbam, dilated_cbam = (self.cbam, self.cbam) if self.own_cbams is None else self.own_cbams
         forward_patterns = self.cbam(self.forward_block(mfcc))
-        reverse_patterns = self.cbam(self.reverse_block(torch.flip(mfcc, dims=[2])))
-        fused = cross_attention(forward_patterns, reverse_patterns, self.attention_scale)
-        x = self.cbam(self.dilated_block(fused))
+        reverse_patterns = reverse_cbam(self.reverse_block(torch.flip(mfcc, dims=[2])))
+        fused = cross_attention(forward_patterns, reverse_patterns, self.attention_scale, self.cross_attention_residual)
+        x = dilated_cbam(self.dilated_block(fused))
         x = self.spatial_attention(self.capsule_pool(self.separable(x)))
         batch = x.shape[0]
         capsules = x.permute(0, 2, 3, 1).reshape(batch, -1, self.capsule_dim)

@@ -32,8 +32,12 @@ class FeatureTable:
     paths: list[str]
     settings: FeatureSettings | None = None  # how the features were made; None in tables from before 0.2
     variants: list[str] | None = None  # waveform variants of a 4-D table (model/waveform_augment.py), first = original
+    # True for clips of an added training corpus (`with_training_corpus`): trained on in every fold, never held out
+    training_only: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.training_only is not None and self.training_only.shape != self.label_ids.shape:
+            raise FeatureTableError(f"training_only marks {self.training_only.shape[0]} clips of {len(self.label_ids)}")
         if (self.features.ndim == 4) != (self.variants is not None):
             raise FeatureTableError("a feature table has a variant axis exactly when it names its variants")
         if self.variants is not None and (self.variants[0] != "original" or len(self.variants) != self.features.shape[1]):
@@ -71,6 +75,56 @@ class FeatureTable:
             raise FeatureTableError(f"{source}: {error}") from None
         return inputs, None, prior
 
+    def held_out_rows(self) -> np.ndarray:
+        """The clips folds may hold out: all but those of an added training corpus."""
+        if self.training_only is None:
+            return np.arange(len(self.label_ids))
+        return np.flatnonzero(~self.training_only)
+
+    def with_training_corpus(self, other: "FeatureTable", corpus: str, label_map: dict[str, str] | None = None
+                             ) -> tuple["FeatureTable", dict[str, int]]:
+        """This table with `other`'s clips added as training-only clips (cross-validation trains on them in
+        every fold and never holds them out), and the number of clips left out per label of `other`.
+
+        `other`'s labels are renamed by `label_map` (e.g. EMO-DB's "anger" -> "angry"); clips whose label is
+        then not one of this table's are left out. Speakers are prefixed with `corpus` ("emodb:03") so that
+        no speaker of one corpus is taken for another's. Both tables must have the same feature settings,
+        input shape and waveform variants."""
+        label_map = label_map or {}
+        unknown_targets = sorted(set(label_map.values()) - set(self.labels))
+        if unknown_targets:
+            raise FeatureTableError(f"{corpus}: label map targets {unknown_targets} are not labels of the main corpus "
+                                    f"({', '.join(self.labels)})")
+        if other.settings is not None and self.settings is not None:
+            other.check_matches(self.settings, corpus)
+        if other.features.shape[1:] != self.features.shape[1:] or other.variants != self.variants:
+            raise FeatureTableError(f"{corpus}: clips of shape {other.features.shape[1:]} with variants "
+                                    f"{other.variants}, the main corpus has {self.features.shape[1:]} with "
+                                    f"{self.variants}; make both with the same settings and variants")
+        mapped = [label_map.get(label, label) for label in other.labels]
+        kept = np.array([mapped[i] in self.labels for i in other.label_ids], dtype=bool)
+        if not kept.any():
+            raise FeatureTableError(f"{corpus}: none of its labels ({', '.join(other.labels)}) is a label of the main "
+                                    f"corpus ({', '.join(self.labels)}); give a label map")
+        left_out: dict[str, int] = {}
+        for i in other.label_ids[~kept]:
+            left_out[other.labels[i]] = left_out.get(other.labels[i], 0) + 1
+        rows = np.flatnonzero(kept)
+        own = self.training_only if self.training_only is not None else np.zeros(len(self.label_ids), dtype=bool)
+        joined = FeatureTable(
+            features=np.concatenate([self.features, other.features[rows]]),
+            label_ids=np.concatenate([self.label_ids,
+                                      np.array([self.labels.index(mapped[i]) for i in other.label_ids[rows]],
+                                               dtype=np.int64)]),
+            labels=self.labels,
+            speakers=self.speakers + [f"{corpus}:{other.speakers[i]}" if other.speakers[i] else "" for i in rows],
+            paths=self.paths + [other.paths[i] for i in rows],
+            settings=self.settings,
+            variants=self.variants,
+            training_only=np.concatenate([own, np.ones(len(rows), dtype=bool)]),
+        )
+        return joined, left_out
+
     def input_shift_per_db(self) -> np.ndarray | None:
         """What 1 dB of gain adds to each coefficient (for gain augmentation); None without settings."""
         return None if self.settings is None else input_shift_per_db(self.settings)
@@ -79,7 +133,8 @@ class FeatureTable:
         settings = json.dumps(self.settings.model_dump(mode="json")) if self.settings else ""
         np.savez(path, features=self.features, label_ids=self.label_ids, labels=np.array(self.labels),
                  speakers=np.array(self.speakers), paths=np.array(self.paths), settings=np.array(settings),
-                 variants=np.array(self.variants or []))
+                 variants=np.array(self.variants or []),
+                 training_only=self.training_only if self.training_only is not None else np.zeros(0, dtype=bool))
 
     @classmethod
     def load(cls, path: Path) -> "FeatureTable":
@@ -87,10 +142,11 @@ class FeatureTable:
             with np.load(path, allow_pickle=False) as data:
                 settings = str(data["settings"]) if "settings" in data else ""
                 variants = data["variants"].tolist() if "variants" in data else []
+                training_only = data["training_only"] if "training_only" in data else np.zeros(0, dtype=bool)
                 return cls(features=data["features"], label_ids=data["label_ids"], labels=data["labels"].tolist(),
                            speakers=data["speakers"].tolist(), paths=data["paths"].tolist(),
                            settings=FeatureSettings.model_validate_json(settings) if settings else None,
-                           variants=variants or None)
+                           variants=variants or None, training_only=training_only if len(training_only) else None)
         except (OSError, ValueError, KeyError) as error:
             raise FeatureTableError(f"{path}: not a readable feature table ({error})") from None
 

@@ -43,6 +43,8 @@ class PLBConfig:
     pool_before_capsules: bool = True  # 2x2 average pool after DWSCNN: L = 264 instead of 1,320
     keras_init: bool = True  # Glorot-uniform weights, zero biases: the thesis's TensorFlow defaults
     frame_batchnorm: bool = True  # BatchNorm axis=1 is time (Table 1's counts); False: per channel (ablation)
+    shared_cbam: bool = True  # one CBAM after all three blocks (Table 1's count); False: one each (+2 x 4,294)
+    cross_attention_residual: bool = True  # fused = forward + attended reverse; False: the attended reverse alone
     input_normalisation: str = "none"  # "per-coefficient": standardise each MFCC coefficient (fitted stats)
     logit_scale: float = 1.0  # constant factor on the logits (no parameter); see model/PLB.md
 
@@ -132,17 +134,19 @@ class CBAM(nn.Module):
         return self.spatial(self.channel(x))
 
 
-def cross_attention(query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+def cross_attention(query: torch.Tensor, context: torch.Tensor, residual: bool = True) -> torch.Tensor:
     """Parameter-free scaled dot-product attention across time (equation 1), with a residual.
 
     Each frame of `query` (B,C,T,F) attends over the frames of `context` (same shape); a frame is the
-    C x F vector at one time step. Returns query + attended context, (B,C,T,F).
+    C x F vector at one time step. Returns query + attended context (without `residual`: the attended
+    context alone), (B,C,T,F).
     """
     batch, channels, frames, coefficients = query.shape
     q = query.permute(0, 2, 1, 3).reshape(batch, frames, channels * coefficients)
     kv = context.permute(0, 2, 1, 3).reshape(batch, frames, channels * coefficients)
-    attended = F.scaled_dot_product_attention(q, kv, kv)
-    return query + attended.reshape(batch, frames, channels, coefficients).permute(0, 2, 1, 3)
+    attended = F.scaled_dot_product_attention(q, kv, kv).reshape(batch, frames, channels, coefficients)
+    attended = attended.permute(0, 2, 1, 3)
+    return query + attended if residual else attended
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -225,6 +229,9 @@ class PLBNet(nn.Module):
         self.forward_block = ConvBlock(1, c.channels, c.kernel_size, c.input_frames, 1, c.dropout, c.frame_batchnorm)
         self.reverse_block = ConvBlock(1, c.channels, c.kernel_size, c.input_frames, 1, c.dropout, c.frame_batchnorm)
         self.cbam = CBAM(c.channels, c.cbam_hidden, c.spatial_kernel_size)
+        # Without sharing (an ablation), the reversed branch and the DCNN get CBAMs of their own.
+        self.own_cbams = None if c.shared_cbam else nn.ModuleList(
+            [CBAM(c.channels, c.cbam_hidden, c.spatial_kernel_size) for _ in ("reverse", "dilated")])
         branch_frames = valid_length(c.input_frames, c.kernel_size) // 2
         self.dilated_block = ConvBlock(c.channels, c.channels, c.kernel_size, branch_frames, c.dilation, c.dropout,
                                        c.frame_batchnorm)
@@ -261,10 +268,11 @@ class PLBNet(nn.Module):
         """mfcc: (B, 1, frames, coefficients) float32 -> logits (B, num_classes)."""
         if self.config.input_normalisation == "per-coefficient":
             mfcc = (mfcc - self.input_mean) / self.input_std
+        reverse_cbam, dilated_cbam = (self.cbam, self.cbam) if self.own_cbams is None else self.own_cbams
         forward_patterns = self.cbam(self.forward_block(mfcc))
-        reverse_patterns = self.cbam(self.reverse_block(torch.flip(mfcc, dims=[2])))
-        fused = cross_attention(forward_patterns, reverse_patterns)
-        x = self.cbam(self.dilated_block(fused))
+        reverse_patterns = reverse_cbam(self.reverse_block(torch.flip(mfcc, dims=[2])))
+        fused = cross_attention(forward_patterns, reverse_patterns, self.config.cross_attention_residual)
+        x = dilated_cbam(self.dilated_block(fused))
         x = self.spatial_attention(self.capsule_pool(self.separable(x)))
         batch = x.shape[0]
         capsules = x.permute(0, 2, 3, 1).reshape(batch, -1, self.config.capsule_dim)

@@ -182,6 +182,8 @@ def test_torch_features_match_librosa_on_speech(kind: str, coefficients: int) ->
     {"pool_before_capsules": False, "num_classes": 4},
     {"input_normalisation": "per-coefficient", "logit_scale": 0.5},
     {"frame_batchnorm": False},
+    {"shared_cbam": False},
+    {"cross_attention_residual": False},
 ])
 def test_rewritten_network_matches_plbnet_for_other_configs(options: dict[str, object]) -> None:
     torch.manual_seed(1)

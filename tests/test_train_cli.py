@@ -158,3 +158,43 @@ def test_call_normalisation_refuses_gain_augmentation_and_crossval_keeps_each_fo
 
     model, result = serve_fold(out, 0, ["angry", "calm", "sad"], tmp_path / "served", FeatureSettings())
     assert model.uses_call_statistics and len(result["call_prior"]["mean"]) == 39
+
+
+@pytest.fixture(scope="module")
+def second_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture's utterances under another corpus's label names (one with no counterpart)."""
+    folder = tmp_path_factory.mktemp("second") / "emodb"
+    folder.mkdir()
+    audio, rate_hz = sf.read(SPEECH_WAV, dtype="float32")
+    spans = json.loads((FIXTURES / "speech.json").read_text())["utterances"]
+    rows = ["path,label,speaker"]
+    for n, (span, label) in enumerate(zip(spans, ["boredom", "anger", "sadness"], strict=True)):
+        piece = audio[int(span["start_ms"] * rate_hz / 1000) : int(span["end_ms"] * rate_hz / 1000)]
+        sf.write(folder / f"e{n}.wav", piece * 0.7, rate_hz)
+        rows.append(f"e{n}.wav,{label},s0")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_crossval_trains_every_fold_on_the_added_corpus_and_holds_out_only_its_own(
+        corpus: Path, second_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    done = emostream("crossval", "--data", str(corpus), "--add-data", str(second_corpus),
+                     "--map-labels", "anger=angry,sadness=sad", "--cache-dir", str(tmp_path / "cache"),
+                     "--protocol", "speaker", "--folds", "2", "--epochs", "1", "--batch-size", "2", "--eager",
+                     "--quiet", "--workers", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "emodb: 2 clips added for training; left out by label: {'boredom': 1}" in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["clips"] == 6 and summary["training_only_clips"] == 2
+    for fold in (0, 1):
+        result = json.loads((out / f"fold-{fold:02d}.json").read_text())
+        assert result["test_clips"] == 3 and result["train_clips"] == 5 and result["training_only_clips"] == 2
+        assert all(not speaker.startswith("emodb:") for speaker in result["test_speakers"])
+
+
+def test_a_label_map_without_an_added_corpus_is_refused(corpus: Path, tmp_path: Path) -> None:
+    done = emostream("train", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--map-labels",
+                     "anger=angry", "--epochs", "1", "--name", "x", "--out", str(tmp_path / "m"))
+    assert done.returncode != 0
+    assert "--map-labels renames the labels of --add-data / --add-features corpora; none was given" in done.stderr

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from emostream.workers.cli.commands._corpus import (
@@ -45,9 +46,52 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--call-normalisation", action="store_true",
                         help="standardise each speaker's clips with their own statistics and serve each call against "
                         "its own (model/call_statistics.py); trains without gain augmentation")
+    parser.add_argument("--add-data", type=Path, action="append", default=[], metavar="DIR",
+                        help="another labelled corpus whose clips are trained on too (in cross-validation: in every "
+                        "fold, never held out); its speakers are kept apart by the folder's name; repeatable")
+    parser.add_argument("--add-features", type=Path, action="append", default=[], metavar="FILE.npz",
+                        help="as --add-data, from a feature table made earlier (same settings and variants)")
+    parser.add_argument("--map-labels", type=_label_map, default={}, metavar="FROM=TO,...",
+                        help="rename the added corpora's labels to the main corpus's, e.g. "
+                        "anger=angry,happiness=happy,fear=fearful,sadness=sad (EMO-DB to RAVDESS); added clips "
+                        "whose label is then not the main corpus's are left out (and counted)")
     parser.add_argument("--eager", action="store_true", help="do not torch.compile the training step")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _label_map(text: str) -> dict[str, str]:
+    pairs = [pair.partition("=") for pair in text.split(",") if pair]
+    if any(not separator or not source or not target for source, separator, target in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FROM=TO[,FROM=TO...]")
+    return {source: target for source, _, target in pairs}
+
+
+def _training_table(args: argparse.Namespace):  # -> FeatureTable
+    """The corpus's feature table with the added corpora's clips (training-only), skipped clips reported."""
+    if args.map_labels and not (args.add_data or args.add_features):
+        raise SystemExit("--map-labels renames the labels of --add-data / --add-features corpora; none was given")
+    table, errors = corpus_table(args, variants=_waveform_variants(args))
+    report_skipped(errors)
+    added = [(folder.name, argparse.Namespace(**{**vars(args), "data": folder, "labels": None, "features": None}))
+             for folder in args.add_data]
+    added += [(path.stem, argparse.Namespace(**{**vars(args), "features": path})) for path in args.add_features]
+    for corpus, corpus_args in added:
+        other, errors = corpus_table(corpus_args, variants=table.variants)
+        report_skipped(errors)
+        table, left_out = table.with_training_corpus(other, corpus, args.map_labels)
+        print(f"{corpus}: {len(other.label_ids) - sum(left_out.values())} clips added for training; left out by "
+              f"label: {left_out or 'none'}", file=sys.stderr)
+    return table
+
+
+def _data_description(args: argparse.Namespace) -> str:
+    """The card's training.data: as given, else the corpus and the corpora added to it."""
+    if args.describe_data:
+        return args.describe_data
+    added = [*map(str, args.add_data), *map(str, args.add_features)]
+    return str(args.data or args.features) + "".join(f" + {path} (labels mapped: {args.map_labels or 'none'})"
+                                                     for path in added)
 
 
 def _recipe(args: argparse.Namespace):  # -> TrainingRecipe
@@ -132,11 +176,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset, cgroups)
     log_progress(args)
-    table, errors = corpus_table(args, variants=_waveform_variants(args))
-    report_skipped(errors)
+    table = _training_table(args)
     metrics = json.loads(args.metrics_json.read_text()) if args.metrics_json else None
     card = train_release(table, args.name, args.version, _recipe(args), args.out, feature_settings(args),
-                         args.describe_data or str(args.data or args.features), args.device, metrics,
+                         _data_description(args), args.device, metrics,
                          progress=not args.quiet, config=_network(args, len(table.labels)),
                          call_normalisation=args.call_normalisation,
                          served_onset_lead_in_s=args.serve_onset_lead_in_s)
@@ -149,10 +192,9 @@ def run_crossval(args: argparse.Namespace) -> int:
     from emostream.model.crossval import run_crossval as crossval
 
     log_progress(args)
-    table, errors = corpus_table(args, variants=_waveform_variants(args))
-    report_skipped(errors)
+    table = _training_table(args)
     table_path = args.features
-    if table_path is None:
+    if table_path is None or table.training_only is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         table_path = args.out / "features.npz"
         table.save(table_path)
