@@ -48,8 +48,7 @@ def make_folds(table: FeatureTable, protocol: str, folds: int, seed: int) -> lis
     """(train, test) indices per fold of the table's own clips; the clips of an added training corpus
     (`FeatureTable.with_training_corpus`) join every fold's training set, so its folds hold out the
     same clips as the main corpus's alone."""
-    rows = table.held_out_rows()
-    extra = np.setdiff1d(np.arange(len(table.label_ids)), rows)
+    rows, extra = table.held_out_rows(), np.flatnonzero(table.training_only_mask())
     own = split_folds(table.label_ids[rows], [table.speakers[i] for i in rows], protocol, folds, seed)
     return [(np.concatenate([rows[train], extra]), rows[test]) for train, test in own]
 
@@ -106,7 +105,7 @@ def run_fold(job: FoldJob) -> dict[str, object]:
     result = {
         "fold": job.fold,
         "train_clips": len(train),
-        "training_only_clips": int(table.training_only[train].sum()) if table.training_only is not None else 0,
+        "training_only_clips": int(table.training_only_mask()[train].sum()),
         "test_clips": len(test),
         "test_speakers": sorted({table.speakers[i] for i in test}),
         "test_indices": test.tolist(),
@@ -140,7 +139,7 @@ def summarise(results: list[dict[str, object]], table: FeatureTable, protocol: s
         "folds": folds,  # of the protocol; folds_run says which were run
         "folds_run": [r["fold"] for r in ordered],
         "clips": len(table.held_out_rows()),
-        "training_only_clips": len(table.label_ids) - len(table.held_out_rows()),  # of added corpora, every fold
+        "training_only_clips": int(table.training_only_mask().sum()),  # of added corpora, in every fold
         "labels": table.labels,
         "recipe": recipe.to_dict(),
         "network": ordered[0].get("network"),

@@ -1,6 +1,7 @@
 """A corpus as model inputs: features, labels and speakers of every clip, saved as one .npz."""
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,11 +76,13 @@ class FeatureTable:
             raise FeatureTableError(f"{source}: {error}") from None
         return inputs, None, prior
 
+    def training_only_mask(self) -> np.ndarray:
+        """Per clip, whether it is of an added training corpus (all False without one)."""
+        return self.training_only if self.training_only is not None else np.zeros(len(self.label_ids), dtype=bool)
+
     def held_out_rows(self) -> np.ndarray:
         """The clips folds may hold out: all but those of an added training corpus."""
-        if self.training_only is None:
-            return np.arange(len(self.label_ids))
-        return np.flatnonzero(~self.training_only)
+        return np.flatnonzero(~self.training_only_mask())
 
     def with_training_corpus(self, other: "FeatureTable", corpus: str, label_map: dict[str, str] | None = None
                              ) -> tuple["FeatureTable", dict[str, int]]:
@@ -106,11 +109,8 @@ class FeatureTable:
         if not kept.any():
             raise FeatureTableError(f"{corpus}: none of its labels ({', '.join(other.labels)}) is a label of the main "
                                     f"corpus ({', '.join(self.labels)}); give a label map")
-        left_out: dict[str, int] = {}
-        for i in other.label_ids[~kept]:
-            left_out[other.labels[i]] = left_out.get(other.labels[i], 0) + 1
+        left_out = dict(Counter(other.labels[i] for i in other.label_ids[~kept]))
         rows = np.flatnonzero(kept)
-        own = self.training_only if self.training_only is not None else np.zeros(len(self.label_ids), dtype=bool)
         joined = FeatureTable(
             features=np.concatenate([self.features, other.features[rows]]),
             label_ids=np.concatenate([self.label_ids,
@@ -121,7 +121,7 @@ class FeatureTable:
             paths=self.paths + [other.paths[i] for i in rows],
             settings=self.settings,
             variants=self.variants,
-            training_only=np.concatenate([own, np.ones(len(rows), dtype=bool)]),
+            training_only=np.concatenate([self.training_only_mask(), np.ones(len(rows), dtype=bool)]),
         )
         return joined, left_out
 
