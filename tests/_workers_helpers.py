@@ -181,9 +181,14 @@ def require_model(settings) -> None:
 
 
 def send_interleaved(settings, audio: dict[str, np.ndarray], done: threading.Event, *, chunk_ms: int = 20,
-                     speedup: float = 4.0) -> None:
+                     speedup: float = 4.0, pause_at_ms: int | None = None,
+                     resume: threading.Event | None = None) -> None:
     """All streams chunk by chunk, interleaved, paced at `speedup` x real time, each ending with an
-    end of stream; sets `done` when everything is flushed."""
+    end of stream; sets `done` when everything is flushed.
+
+    With `pause_at_ms` and `resume`, the audio from `pause_at_ms` of every stream on is held back
+    (what came before is flushed) until `resume` is set: a test can crash a worker while work is
+    certainly left for its successor, however slowly a loaded machine runs."""
     from emostream.schemas.audio import AudioChunkHeader
     from emostream.workers.cli.clients.producer import make_audio_producer
 
@@ -191,6 +196,10 @@ def send_interleaved(settings, audio: dict[str, np.ndarray], done: threading.Eve
     pieces = {s: chunked(samples, PIPELINE_SAMPLE_RATE_HZ * chunk_ms // 1000) for s, samples in audio.items()}
     began = time.monotonic()
     for seq in range(max(len(p) for p in pieces.values()) + 1):
+        if resume is not None and seq * chunk_ms == pause_at_ms:
+            producer.flush()
+            resume.wait(timeout=300)
+            began = time.monotonic() - seq * chunk_ms / 1000 / speedup
         for stream_id, chunks in pieces.items():
             if seq > len(chunks):
                 continue

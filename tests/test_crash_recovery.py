@@ -68,8 +68,14 @@ def test_kill_9_vad_and_inference_workers_mid_stream(
     vad = spawn_worker("vad", settings, name="vad-1")
     inference = spawn_worker("inference", settings, name="inference-1")
     done = threading.Event()
+    # the last repeat of every stream is held back until both crashes are over, so both successors
+    # certainly have work left (3 utterances a stream), however slowly the machine runs
+    resume = threading.Event()
+    repeat_ms = len(sf.read(speech_wav, dtype="int16")[0]) // 16
+    pause_at_ms = (2 * repeat_ms) // CHUNK_MS * CHUNK_MS
     sender = threading.Thread(target=send_interleaved, args=(settings, audio, done),
-                              kwargs={"chunk_ms": CHUNK_MS, "speedup": SEND_SPEEDUP}, daemon=True)
+                              kwargs={"chunk_ms": CHUNK_MS, "speedup": SEND_SPEEDUP,
+                                      "pause_at_ms": pause_at_ms, "resume": resume}, daemon=True)
     sender.start()
 
     # kill -9 the VAD worker once some segments are out and others are open
@@ -99,6 +105,7 @@ def test_kill_9_vad_and_inference_workers_mid_stream(
     inference.kill()
     results_before_crash = _distinct_results(read_topic, settings)
     inference_2 = spawn_worker("inference", settings, name="inference-2")
+    resume.set()
     sender.join(timeout=60)
     assert done.is_set()
 
