@@ -129,6 +129,13 @@ class FeatureTable:
         """What 1 dB of gain adds to each coefficient (for gain augmentation); None without settings."""
         return None if self.settings is None else input_shift_per_db(self.settings)
 
+    def same_as(self, other: "FeatureTable") -> bool:
+        """Every field equal, features included (a copy on disk that need not be written again)."""
+        def same(a: object, b: object) -> bool:
+            return np.array_equal(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else a == b
+
+        return all(same(getattr(self, name), getattr(other, name)) for name in self.__dataclass_fields__)
+
     def save(self, path: Path) -> None:
         settings = json.dumps(self.settings.model_dump(mode="json")) if self.settings else ""
         np.savez(path, features=self.features, label_ids=self.label_ids, labels=np.array(self.labels),

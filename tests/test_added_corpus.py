@@ -39,6 +39,10 @@ def test_added_clips_take_the_main_labels_their_own_speakers_and_survive_a_save(
     joined.save(tmp_path / "joined.npz")
     loaded = FeatureTable.load(tmp_path / "joined.npz")
     assert loaded.training_only.tolist() == joined.training_only.tolist()
+    assert loaded.same_as(joined) and not loaded.same_as(_ravdess_like())
+    relabelled = FeatureTable.load(tmp_path / "joined.npz")
+    relabelled.label_ids[-1] = 0
+    assert not relabelled.same_as(joined)
     _ravdess_like().save(tmp_path / "plain.npz")
     assert FeatureTable.load(tmp_path / "plain.npz").training_only is None
 

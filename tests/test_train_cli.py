@@ -191,6 +191,15 @@ def test_crossval_trains_every_fold_on_the_added_corpus_and_holds_out_only_its_o
         result = json.loads((out / f"fold-{fold:02d}.json").read_text())
         assert result["test_clips"] == 3 and result["train_clips"] == 5 and result["training_only_clips"] == 2
         assert all(not speaker.startswith("emodb:") for speaker in result["test_speakers"])
+    # resumed, it finds its joined table as it left it and reads it rather than writing it again
+    written = (out / "features.npz").stat().st_mtime_ns
+    again = emostream("crossval", "--data", str(corpus), "--add-data", str(second_corpus),
+                      "--map-labels", "anger=angry,sadness=sad", "--cache-dir", str(tmp_path / "cache"),
+                      "--protocol", "speaker", "--folds", "2", "--epochs", "1", "--batch-size", "2", "--eager",
+                      "--quiet", "--workers", "1", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert (out / "features.npz").stat().st_mtime_ns == written
+    assert json.loads(again.stdout)["war_percent"] == summary["war_percent"]
 
 
 def test_a_label_map_without_an_added_corpus_is_refused(corpus: Path, tmp_path: Path) -> None:

@@ -188,6 +188,17 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_already(table, path: Path) -> bool:
+    """A resumed crossval finds its joined table in its folder: it is read, not written again (hundreds of MB
+    with a waveform bank). Anything else there (another table, an unreadable file) is replaced."""
+    from emostream.model.feature_table import FeatureTable, FeatureTableError
+
+    try:
+        return path.exists() and FeatureTable.load(path).same_as(table)
+    except FeatureTableError:
+        return False
+
+
 def run_crossval(args: argparse.Namespace) -> int:
     from emostream.model.crossval import run_crossval as crossval
 
@@ -197,7 +208,8 @@ def run_crossval(args: argparse.Namespace) -> int:
     if table_path is None or table.training_only is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         table_path = args.out / "features.npz"
-        table.save(table_path)
+        if not _saved_already(table, table_path):
+            table.save(table_path)
     summary = crossval(table_path, args.out, args.protocol, args.folds, _recipe(args), args.device, args.workers,
                        args.only_folds, progress=not args.quiet, config=_network(args, len(table.labels)),
                        call_normalisation=args.call_normalisation)
