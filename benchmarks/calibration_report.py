@@ -31,17 +31,27 @@ THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cv-dir", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True, help="the feature table the folds were made from")
+    parser.add_argument("--features", type=Path,
+                        help="the feature table the folds were made from (PLB's crossval; emostream asr-crossval's "
+                        "folds carry their held-out labels)")
     parser.add_argument("--png", type=Path)
     parser.add_argument("--write-card", type=Path, metavar="CHECKPOINT",
                         help="set this checkpoint's score_temperature and calibration figures (weights unchanged)")
     args = parser.parse_args()
-    table = FeatureTable.load(args.features)
     folds = [json.loads(p.read_text()) for p in sorted(args.cv_dir.glob("fold-*.json"))]
     if len(folds) < 2:
         raise SystemExit(f"{args.cv_dir}: {len(folds)} finished fold(s); cross-fitting needs two or more")
+    without_logits = [f["fold"] for f in folds if "test_logits" not in f]
+    if without_logits:
+        raise SystemExit(f"{args.cv_dir}: folds {without_logits} were written without their held-out logits")
     logits = [np.asarray(f["test_logits"], dtype=np.float64) for f in folds]
-    labels = [table.label_ids[np.asarray(f["test_indices"])] for f in folds]
+    labels = [np.asarray(f["test_label_ids"]) for f in folds] if all("test_label_ids" in f for f in folds) else None
+    if labels is None:
+        if args.features is None:
+            raise SystemExit(f"{args.cv_dir}: its folds name their held-out clips by row; give --features, the table "
+                             "they were made from")
+        table = FeatureTable.load(args.features)
+        labels = [table.label_ids[np.asarray(f["test_indices"])] for f in folds]
     result = cross_fitted_calibration(logits, labels)
     before = accuracy_against_coverage(softmax(np.concatenate(logits), axis=1), result["labels"], THRESHOLDS)
     after = accuracy_against_coverage(result["probabilities_after"], result["labels"], THRESHOLDS)
@@ -55,8 +65,8 @@ def main() -> None:
     }
     if args.write_card:
         card = read_card(args.write_card)
-        command = (f"python benchmarks/calibration_report.py --cv-dir {args.cv_dir} --features {args.features} "
-                   f"--write-card {args.write_card}")
+        features = f" --features {args.features}" if args.features else ""
+        command = f"python benchmarks/calibration_report.py --cv-dir {args.cv_dir}{features} --write-card {args.write_card}"
         update_card(args.write_card, score_temperature=report["temperature"], metrics={**card.metrics, "calibration": {
             "command": command, "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
             "measured_with": f"fold models of the recipe ({args.cv_dir.name}, {len(folds)} folds); the shipped "

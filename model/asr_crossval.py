@@ -74,6 +74,9 @@ def run_asr_fold(
         "held_out_transcripts": (held_out_transcripts(tuned.tokenizer, pieces, held_out.transcripts)
                                  if tuned.tokenizer is not None else None),
         **score(label_ids[test].tolist(), logits.argmax(axis=1).tolist(), labels),
+        # for calibration fitted on held-out folds (benchmarks/calibration_report.py)
+        "test_indices": test.tolist(), "test_label_ids": label_ids[test].tolist(),
+        "test_logits": np.round(logits, 5).tolist(),
     }
     result_path.write_text(json.dumps(result, indent=1))
     (out_dir / f"fold-{fold:02d}.state.pt").unlink(missing_ok=True)

@@ -3,13 +3,17 @@ then a servable checkpoint out; bad input is one line naming the problem."""
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from emostream.model.asr_corpus import load_fsdd
 from emostream.workers.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 pytestmark = pytest.mark.skipif(not (FSDD / "labels.csv").is_file(), reason=f"FSDD not found at {FSDD}")
 RUN_SMALL = ["--eager", "--quiet", "--device", "cpu", "--threads", "1"]
@@ -97,6 +101,14 @@ def test_speaker_folds_hold_out_each_speaker_once_and_report_cer(
     assert all(fold["test_clips"] == 4 and fold["train_clips"] == 8 for fold in folds)
     assert all(0.0 <= fold["held_out_transcripts"]["cer"] for fold in folds)  # tl+mtl transcribes
     assert summary["cer_per_fold"] == [fold["held_out_transcripts"]["cer"] for fold in folds]
+    for fold in folds:  # the held-out logits and labels, for calibration fitted on the other folds
+        assert np.asarray(fold["test_logits"]).shape == (4, 2) and len(fold["test_label_ids"]) == 4
+        predicted = np.asarray(fold["test_logits"]).argmax(axis=1)
+        assert fold["war"] == pytest.approx(float(np.mean(predicted == np.asarray(fold["test_label_ids"]))))
+    report = subprocess.run([sys.executable, str(REPO / "benchmarks" / "calibration_report.py"), "--cv-dir", str(out)],
+                            capture_output=True, text=True, check=False)
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["folds"] == 3 and json.loads(report.stdout)["temperature"] > 0
     baseline_arguments = ["asr-crossval", "--data", str(corpus), "--mode", "baseline", "--folds", "3", "--only-folds",
                           "1", "--out", str(tmp_path / "base"), "--epochs", "1", "--batch-size", "4", "--set",
                           "channels=8", "--set", "hidden=8", "--set", "heads=2", *RUN_SMALL]
