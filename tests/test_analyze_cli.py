@@ -104,6 +104,31 @@ def test_only_bad_input_fails(checkpoint: Path, bad_files: dict[str, Path]) -> N
     assert result.returncode == 1 and "silence only" in result.stderr
 
 
+def test_a_model_that_cannot_be_loaded_is_one_error_line(checkpoint: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "plb-truncated"
+    truncated.mkdir()
+    for part in checkpoint.iterdir():
+        (truncated / part.name).write_bytes(part.read_bytes())
+    weights = truncated / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy that stopped part-way
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "labels.csv").write_text("path,label\nspeech.wav,angry\n")
+    (corpus / "speech.wav").write_bytes(SPEECH_WAV.read_bytes())
+    for command, model, message in [
+        ("analyze", "no-such-model", "error: model 'no-such-model' not found; available: "),
+        ("analyze", str(truncated), f"error: {weights}: sha256 "),
+        ("evaluate", "no-such-model", "error: model 'no-such-model' not found; available: "),
+    ]:
+        arguments = [str(SPEECH_WAV)] if command == "analyze" else ["--data", str(corpus)]
+        result = emostream(command, *arguments, "--model", model)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith(message), result.stderr
+    missing = emostream("evaluate", "--data", str(tmp_path / "nowhere"), "--model", str(checkpoint))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+    assert str(tmp_path / "nowhere") in missing.stderr
+
+
 def test_stereo_can_be_mixed_down_on_request(checkpoint: Path, bad_files: dict[str, Path]) -> None:
     from emostream.model.analysis import analyze_file
     from emostream.model.registry import load_model

@@ -125,6 +125,17 @@ def test_liveness_fails_when_an_agent_stopped(stack_settings, spawn_worker):
     assert _get(f"{base}/readyz")[0] == 503
 
 
+@pytest.mark.slow
+def test_a_worker_whose_model_cannot_load_exits_with_one_line_naming_it(stack_settings, spawn_worker):
+    worker = spawn_worker("inference", stack_settings, env={"EMOSTREAM_INFERENCE__MODEL": "no-such-model"},
+                          wait_healthy=False)
+    wait_for(lambda: worker.returncode is not None, timeout_s=90, what="the worker's exit")
+    assert worker.returncode == 2
+    log = worker.log_tail(50_000)
+    assert "the inference worker cannot start: model 'no-such-model' not found; available: " in log
+    assert "Traceback" not in log
+
+
 def _answers(base: str) -> bool:
     try:
         urllib.request.urlopen(f"{base}/metrics", timeout=2).close()

@@ -32,6 +32,15 @@ def register_stage(name: str, target: str) -> None:
     STAGE_BUILDERS[name] = target
 
 
+def _setting_errors() -> tuple[type[Exception], ...]:
+    """What a stage's builder raises for a setting that cannot work (a model the registry does not know,
+    a checkpoint that does not verify): one log line and exit status 2, not a traceback."""
+    from emostream.model.checkpoint import CheckpointError
+    from emostream.model.registry import UnknownModelError
+
+    return UnknownModelError, CheckpointError
+
+
 def run_worker(stage: str, *, create_topics: bool = True) -> int:
     import faust
     from emostream.schemas.settings import Settings
@@ -50,7 +59,11 @@ def run_worker(stage: str, *, create_topics: bool = True) -> int:
     if create_topics:
         ensure_topics(settings.kafka, stack_topics(settings))
     ctx = create_worker_context(settings, stage=stage)
-    built: Stage = import_target(STAGE_BUILDERS[stage])(ctx)
+    try:
+        built: Stage = import_target(STAGE_BUILDERS[stage])(ctx)
+    except _setting_errors() as error:
+        logging.getLogger(__name__).error("the %s worker cannot start: %s", stage, error)
+        return 2
     liveness = ctx.liveness
     joined = {"done": False}
 

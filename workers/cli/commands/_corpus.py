@@ -79,6 +79,14 @@ def report_skipped(errors: list[str]) -> None:
         print(f"skipped: {message}", file=sys.stderr)
 
 
+def model_errors() -> tuple[type[Exception], ...]:
+    """A model name the registry does not know, or a checkpoint folder whose card or weights do not verify."""
+    from emostream.model.checkpoint import CheckpointError
+    from emostream.model.registry import UnknownModelError
+
+    return UnknownModelError, CheckpointError
+
+
 def reporting_errors(handler: Callable[[argparse.Namespace], int],
                      bad_input: Callable[[], tuple[type[Exception], ...]]) -> Callable[[argparse.Namespace], int]:
     """Bad input (the errors `bad_input()` names: imported only when a command runs) is one line

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from emostream.schemas.settings import DEFAULT_MODEL
+from emostream.workers.cli.commands._corpus import model_errors, reporting_errors
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--aggressiveness", type=int, default=2, choices=range(4), help="webrtcvad mode")
     parser.add_argument("--stereo", choices=["error", "mix"], default="error",
                         help="stereo input: refuse it (default) or mix the channels down")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=reporting_errors(run, model_errors))
 
 
 def run(args: argparse.Namespace) -> int:

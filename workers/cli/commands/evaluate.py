@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from emostream.schemas.settings import DEFAULT_MODEL
-from emostream.workers.cli.commands._corpus import add_corpus_arguments
+from emostream.workers.cli.commands._corpus import add_corpus_arguments, model_errors, reporting_errors
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -21,7 +21,14 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--calls", choices=["clip", "speaker"], default="clip",
                         help="for a call-normalised model: each clip a call of its own (its first utterance), or "
                         "each speaker's clips one call in corpus order (default: %(default)s)")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=reporting_errors(run, _bad_input))
+
+
+def _bad_input() -> tuple[type[Exception], ...]:
+    """An unknown or unverifiable model, or a corpus folder that cannot be read."""
+    from emostream.model.datasets import DatasetError
+
+    return (*model_errors(), DatasetError)
 
 
 def run(args: argparse.Namespace) -> int:
