@@ -202,6 +202,17 @@ def test_crossval_trains_every_fold_on_the_added_corpus_and_holds_out_only_its_o
     assert json.loads(again.stdout)["war_percent"] == summary["war_percent"]
 
 
+def test_a_set_value_of_the_wrong_type_is_refused_before_any_work(tmp_path: Path) -> None:
+    for command in ("train", "crossval"):
+        extra = ["--name", "x"] if command == "train" else []
+        done = emostream(command, "--data", str(tmp_path / "not-read"), "--set", "dropout=abc", "--set", "epochs=2",
+                         *extra, "--out", str(tmp_path / "m"))
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        assert "--set 'dropout=abc': dropout must be a number" in done.stderr  # not the missing folder
+    done = emostream("train", "--data", str(tmp_path), "--set", "epochs=1.5", "--name", "x", "--out", str(tmp_path / "m"))
+    assert "--set 'epochs=1.5': epochs must be an integer" in done.stderr
+
+
 def test_a_label_map_without_an_added_corpus_is_refused(corpus: Path, tmp_path: Path) -> None:
     done = emostream("train", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--map-labels",
                      "anger=angry", "--epochs", "1", "--name", "x", "--out", str(tmp_path / "m"))

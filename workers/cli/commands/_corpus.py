@@ -50,8 +50,13 @@ def corpus_table(args: argparse.Namespace, labels: list[str] | None = None,
 
 def split_overrides(pairs: list[str], *dataclasses: type) -> list[dict[str, object]]:
     """The --set FIELD=VALUE pairs split by the dataclass whose field they name (a field of several goes
-    to each); values are JSON where they parse."""
+    to each); values are JSON where they parse, checked against the field's type before any work starts."""
+    from typing import get_type_hints
+
+    from pydantic import TypeAdapter, ValidationError
+
     known = [set(cls.__dataclass_fields__) for cls in dataclasses]
+    types = [get_type_hints(cls) for cls in dataclasses]
     chosen: list[dict[str, object]] = [{} for _ in dataclasses]
     for pair in pairs:
         name, separator, text = pair.partition("=")
@@ -64,7 +69,12 @@ def split_overrides(pairs: list[str], *dataclasses: type) -> list[dict[str, obje
         except json.JSONDecodeError:
             value = text
         for i in owners:
-            chosen[i][name] = value
+            expected = types[i][name]
+            try:
+                chosen[i][name] = text if expected is str else TypeAdapter(expected).validate_python(value)
+            except ValidationError as error:
+                kind = {int: "an integer", float: "a number", bool: "true or false"}.get(expected, str(expected))
+                raise SystemExit(f"--set {pair!r}: {name} must be {kind} ({error.errors()[0]['msg']})") from None
     return chosen
 
 

@@ -176,9 +176,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset, cgroups)
     log_progress(args)
+    recipe = _recipe(args)  # checks every --set before the features are made
     table = _training_table(args)
     metrics = json.loads(args.metrics_json.read_text()) if args.metrics_json else None
-    card = train_release(table, args.name, args.version, _recipe(args), args.out, feature_settings(args),
+    card = train_release(table, args.name, args.version, recipe, args.out, feature_settings(args),
                          _data_description(args), args.device, metrics,
                          progress=not args.quiet, config=_network(args, len(table.labels)),
                          call_normalisation=args.call_normalisation,
@@ -203,6 +204,7 @@ def run_crossval(args: argparse.Namespace) -> int:
     from emostream.model.crossval import run_crossval as crossval
 
     log_progress(args)
+    recipe = _recipe(args)  # checks every --set before the features are made
     table = _training_table(args)
     table_path = args.features
     if table_path is None or table.training_only is not None:
@@ -210,7 +212,7 @@ def run_crossval(args: argparse.Namespace) -> int:
         table_path = args.out / "features.npz"
         if not _saved_already(table, table_path):
             table.save(table_path)
-    summary = crossval(table_path, args.out, args.protocol, args.folds, _recipe(args), args.device, args.workers,
+    summary = crossval(table_path, args.out, args.protocol, args.folds, recipe, args.device, args.workers,
                        args.only_folds, progress=not args.quiet, config=_network(args, len(table.labels)),
                        call_normalisation=args.call_normalisation)
     if args.plot:
