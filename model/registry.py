@@ -56,8 +56,16 @@ def model_folders() -> dict[str, Path]:
     return found
 
 
-def list_cards() -> list[ModelCard]:
-    return [read_card(folder) for folder in model_folders().values()]
+def list_cards() -> tuple[list[ModelCard], list[str]]:
+    """The cards of every model on the search path, and one message per card that cannot be read (the
+    others are still listed)."""
+    cards, errors = [], []
+    for folder in model_folders().values():
+        try:
+            cards.append(read_card(folder))
+        except CheckpointError as error:
+            errors.append(str(error))
+    return cards, errors
 
 
 def resolve(name_or_path: str) -> Path:

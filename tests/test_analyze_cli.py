@@ -129,6 +129,19 @@ def test_a_model_that_cannot_be_loaded_is_one_error_line(checkpoint: Path, tmp_p
     assert str(tmp_path / "nowhere") in missing.stderr
 
 
+def test_models_lists_the_readable_cards_and_names_a_broken_one(checkpoint: Path, tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "card.json").write_text('{"name": "broken"')  # a card cut off part-way
+    env = {**os.environ, "EMOSTREAM_MODEL_PATH": os.pathsep.join([str(tmp_path), str(checkpoint.parent)])}
+    result = subprocess.run([sys.executable, "-m", "emostream.workers.cli", "models", "--json"], capture_output=True,
+                            text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert {row["name"] for row in json.loads(result.stdout)} >= {"plb-test", "plb-ravdess8-call"}
+    assert result.stderr.startswith(f"skipped: {tmp_path / 'broken' / 'card.json'}: not a valid model card")
+
+
 def test_stereo_can_be_mixed_down_on_request(checkpoint: Path, bad_files: dict[str, Path]) -> None:
     from emostream.model.analysis import analyze_file
     from emostream.model.registry import load_model

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import sys
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -13,7 +14,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from emostream.model.registry import list_cards
 
-    cards = list_cards()
+    cards, errors = list_cards()
+    for message in errors:
+        print(f"skipped: {message}", file=sys.stderr)
     rows = [
         {
             "name": card.name,

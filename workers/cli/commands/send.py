@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         make_audio_producer,
         send_recording,
     )
+    from kafka.errors import KafkaError
     from pydantic import ValidationError
 
     encoding = AudioEncoding(args.encoding)
@@ -90,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
     except AudioFileError as error:
         print(f"emostream send: {error}", file=sys.stderr)
         return 2
-    producer = make_audio_producer(settings)
+    try:
+        producer = make_audio_producer(settings)
+    except KafkaError as error:
+        print(f"emostream send: cannot reach the broker at {settings.kafka.bootstrap_servers} ({error})",
+              file=sys.stderr)
+        return 1
     try:
         report = send_recording(
             producer,
