@@ -30,6 +30,8 @@ def check_waveform(audio: np.ndarray, sample_rate_hz: int, source: str) -> np.nd
 
 def read_audio(path: Path, allow_stereo: bool = False) -> tuple[np.ndarray, int]:
     """Read WAV / FLAC / OGG as mono float32 in [-1, 1] and its sample rate in Hz."""
+    if path.is_dir():
+        raise AudioInputError(f"{path}: a folder, not an audio file")
     if not path.is_file():
         raise AudioInputError(f"{path}: no such file")
     try:

@@ -37,7 +37,9 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "silence": folder / "silence.wav",
         "short": folder / "short.wav",
         "nan": folder / "nan.wav",
+        "folder": folder / "recordings",
     }
+    files["folder"].mkdir()
     files["corrupt"].write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" + bytes(range(256)))
     sf.write(files["rate"], speech[:12_345], 12_345)
     sf.write(files["stereo"], np.stack([speech, speech], axis=1), rate)
@@ -78,6 +80,7 @@ BAD_INPUT_MESSAGES = {
     "silence": "silence only",
     "short": "0.200 s long; at least 0.3 s",
     "nan": "NaN or infinite",
+    "folder": "a folder, not an audio file",
 }
 
 
