@@ -77,7 +77,7 @@ from emostream.schemas.audio import PIPELINE_SAMPLE_RATE_HZ, AudioEncoding
 from emostream.schemas.event import EmotionEvent
 from emostream.schemas.redis_keys import latest_key, result_key, results_channel
 from emostream.schemas.segment import SegmentHeader
-from emostream.schemas.settings import DEFAULT_MODEL, Settings
+from emostream.schemas.settings import DEFAULT_MODEL, InferenceSettings, KafkaSettings, Settings
 from emostream.workers.cli.clients.producer import encode_s16
 from emostream.workers.runtime.codecs import decode_to_s16
 from emostream.workers.stages.stream_state import Chunk, StreamParams, StreamState
@@ -975,7 +975,8 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
             "alerts": f"alerts.{tag}",
             "dead_letters": f"dead.{tag}",
         },
-        inference={"model": args.model, "batch_max": args.batch_max},
+        inference={"model": args.model, "batch_max": args.batch_max, "batch_within_s": args.batch_within_s},
+        kafka={"fetch_max_wait_ms": args.fetch_max_wait_ms},
         observability={"log_level": "WARNING"},
         worker_id=tag,
     )
@@ -1152,6 +1153,9 @@ def run_once(args: argparse.Namespace, streams: int, seed: int, workdir: Path) -
             "sample_rate_hz": args.sample_rate_hz,
             "partitions": args.partitions,
             "inference_workers": counts.inference,
+            "batch_max": args.batch_max,
+            "batch_within_s": args.batch_within_s,
+            "fetch_max_wait_ms": args.fetch_max_wait_ms,
             "stages": args.stages,
             "duration_s": args.duration_s,
         },
@@ -1358,6 +1362,14 @@ def main() -> int:
         "--batch-max", type=int, default=4, help="inference micro-batch (CPU: small is faster)"
     )
     parser.add_argument(
+        "--batch-within-s", type=float, default=InferenceSettings().batch_within_s,
+        help="how long the inference worker waits to fill a micro-batch (default: the setting's, %(default)s)",
+    )
+    parser.add_argument(
+        "--fetch-max-wait-ms", type=int, default=KafkaSettings().fetch_max_wait_ms,
+        help="longest a worker's fetch waits for records (default: the setting's, %(default)s)",
+    )
+    parser.add_argument(
         "--model", default=DEFAULT_MODEL, help="registry name or checkpoint folder (default: %(default)s)"
     )
     parser.add_argument(
@@ -1416,7 +1428,8 @@ def main() -> int:
     title = (
         f"{os.cpu_count()} CPUs, {args.duration_s:.0f} s per stream, {args.chunk_ms} ms {args.sample_rate_hz // 1000} kHz {args.encoding} "
         f"chunks, pauses {args.pause_min_s}-{args.pause_max_s} s, {workers} on {args.partitions} "
-        f"partitions, model {args.model}"
+        f"partitions, micro-batch {args.batch_max} within {args.batch_within_s} s, fetches wait at most "
+        f"{args.fetch_max_wait_ms} ms, model {args.model}"
     )
     print(
         f"# streams benchmark on {title}; seeds {args.seeds or 'the stream counts'}; "
