@@ -273,3 +273,21 @@ def test_tail_from_beginning_shows_history_in_readable_lines_and_reports_bad_rec
     )
     json_lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
     assert json_lines == []  # readable, not JSON, without --json
+
+
+def test_send_and_tail_say_when_the_broker_cannot_be_reached(emostream_cli, speech_wav: Path) -> None:
+    from emostream.workers.stack.services import find_free_port
+
+    nowhere = f"127.0.0.1:{find_free_port()}"  # nothing listens there
+    environment = emostream_cli.environment()
+    commands = {  # side by side: each waits out the client's bootstrap timeout
+        "send": emostream_cli.argv("send", str(speech_wav), "--stream-id", "call-9:customer",
+                                   "--bootstrap-servers", nowhere),
+        "tail": emostream_cli.argv("tail", "--bootstrap-servers", nowhere, "--timeout-s", "5"),
+    }
+    running = {name: subprocess.Popen(argv, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for name, argv in commands.items()}
+    for name, process in running.items():
+        _, stderr = process.communicate(timeout=180)
+        assert process.returncode == 1 and "Traceback" not in stderr, stderr
+        assert f"emostream {name}: cannot reach the broker at {nowhere}" in stderr

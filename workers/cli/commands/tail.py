@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         make_tail_consumer,
     )
 
+    from kafka.errors import KafkaError
+
     since_ms = None if args.from_beginning else default_since_ms()
     settings = settings_from_args(args)
     topic = args.topic or settings.topics.emotions
@@ -51,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         consumer = make_tail_consumer(settings, topic=topic, wait_s=wait_s)
     except LookupError as error:
         print(f"emostream tail: {error}", file=sys.stderr)
+        return 1
+    except KafkaError as error:
+        print(f"emostream tail: cannot reach the broker at {settings.kafka.bootstrap_servers} ({error})",
+              file=sys.stderr)
         return 1
     printed = 0
     try:
