@@ -85,7 +85,11 @@ async def _done(error: BaseException | None) -> BaseException | None:
 
 async def _outcome(delivery: Awaitable[Any]) -> BaseException | None:
     try:
-        await delivery
+        # Shielded: a stopping worker (SIGTERM) cancels the agent while results are in flight, and
+        # cancelling faust's FutureMessage makes its own done-callback (Topic._on_published) raise and
+        # log a traceback per result. Shielded, the send completes or goes with the producer; the
+        # segment, not yet acknowledged, is replayed by the next owner under the same idempotency key.
+        await asyncio.shield(delivery)
     except asyncio.CancelledError:
         raise
     except Exception as error:  # noqa: BLE001 - the caller retries or dead-letters
