@@ -45,8 +45,9 @@ def main() -> None:
     if without_logits:
         raise SystemExit(f"{args.cv_dir}: folds {without_logits} were written without their held-out logits")
     logits = [np.asarray(f["test_logits"], dtype=np.float64) for f in folds]
-    labels = [np.asarray(f["test_label_ids"]) for f in folds] if all("test_label_ids" in f for f in folds) else None
-    if labels is None:
+    if all("test_label_ids" in f for f in folds):  # emostream asr-crossval's folds
+        labels = [np.asarray(f["test_label_ids"]) for f in folds]
+    else:
         if args.features is None:
             raise SystemExit(f"{args.cv_dir}: its folds name their held-out clips by row; give --features, the table "
                              "they were made from")

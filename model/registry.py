@@ -40,6 +40,11 @@ class UnknownModelError(LookupError):
     pass
 
 
+# What `load_model` raises for a model that cannot be served: a name the registry does not know, or a
+# checkpoint folder whose card or weights do not verify.
+LOAD_ERRORS: tuple[type[Exception], ...] = (UnknownModelError, CheckpointError)
+
+
 def search_path() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("EMOSTREAM_MODEL_PATH", "").split(os.pathsep) if p]
     return [*extra, SHIPPED_CHECKPOINTS]

@@ -32,17 +32,9 @@ def register_stage(name: str, target: str) -> None:
     STAGE_BUILDERS[name] = target
 
 
-def _setting_errors() -> tuple[type[Exception], ...]:
-    """What a stage's builder raises for a setting that cannot work (a model the registry does not know,
-    a checkpoint that does not verify): one log line and exit status 2, not a traceback."""
-    from emostream.model.checkpoint import CheckpointError
-    from emostream.model.registry import UnknownModelError
-
-    return UnknownModelError, CheckpointError
-
-
 def run_worker(stage: str, *, create_topics: bool = True) -> int:
     import faust
+    from emostream.model.registry import LOAD_ERRORS
     from emostream.schemas.settings import Settings
     from emostream.workers.runtime.app import create_worker_context
     from emostream.workers.runtime.metrics import MetricsServer
@@ -61,7 +53,7 @@ def run_worker(stage: str, *, create_topics: bool = True) -> int:
     ctx = create_worker_context(settings, stage=stage)
     try:
         built: Stage = import_target(STAGE_BUILDERS[stage])(ctx)
-    except _setting_errors() as error:
+    except LOAD_ERRORS as error:  # a model setting that cannot work: one log line and exit 2, not a traceback
         logging.getLogger(__name__).error("the %s worker cannot start: %s", stage, error)
         return 2
     liveness = ctx.liveness

@@ -90,11 +90,10 @@ def report_skipped(errors: list[str]) -> None:
 
 
 def model_errors() -> tuple[type[Exception], ...]:
-    """A model name the registry does not know, or a checkpoint folder whose card or weights do not verify."""
-    from emostream.model.checkpoint import CheckpointError
-    from emostream.model.registry import UnknownModelError
+    """A model that cannot be served (`model.registry.LOAD_ERRORS`, imported only when a command runs)."""
+    from emostream.model.registry import LOAD_ERRORS
 
-    return UnknownModelError, CheckpointError
+    return LOAD_ERRORS
 
 
 def reporting_errors(handler: Callable[[argparse.Namespace], int],

@@ -23,3 +23,8 @@ def settings_from_args(args: argparse.Namespace) -> "Settings":
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
         settings = settings.model_copy(update={"kafka": kafka})
     return settings
+
+
+def broker_unreachable(command: str, settings: "Settings", error: Exception) -> str:
+    """The one line a command prints when its Kafka client cannot bootstrap."""
+    return f"emostream {command}: cannot reach the broker at {settings.kafka.bootstrap_servers} ({error})"

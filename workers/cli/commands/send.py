@@ -10,7 +10,7 @@ from emostream.schemas.audio import (
     AudioEncoding,
     ChannelRole,
 )
-from emostream.workers.cli.commands._kafka_args import add_kafka_arguments, settings_from_args
+from emostream.workers.cli.commands._kafka_args import add_kafka_arguments, broker_unreachable, settings_from_args
 
 G711_SAMPLE_RATE_HZ = 8_000
 WIDEBAND_SAMPLE_RATE_HZ = PIPELINE_SAMPLE_RATE_HZ  # s16le default: no resampling in the VAD stage
@@ -94,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         producer = make_audio_producer(settings)
     except KafkaError as error:
-        print(f"emostream send: cannot reach the broker at {settings.kafka.bootstrap_servers} ({error})",
-              file=sys.stderr)
+        print(broker_unreachable("send", settings, error), file=sys.stderr)
         return 1
     try:
         report = send_recording(

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from emostream.workers.cli.commands._kafka_args import add_kafka_arguments, settings_from_args
+from emostream.workers.cli.commands._kafka_args import add_kafka_arguments, broker_unreachable, settings_from_args
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"emostream tail: {error}", file=sys.stderr)
         return 1
     except KafkaError as error:
-        print(f"emostream tail: cannot reach the broker at {settings.kafka.bootstrap_servers} ({error})",
-              file=sys.stderr)
+        print(broker_unreachable("tail", settings, error), file=sys.stderr)
         return 1
     printed = 0
     try:
